@@ -1,0 +1,75 @@
+"""Alignment to the ArcFace 112x112 five-point template (ALGORITHMS.md section 3)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# (x, y): left eye, right eye, nose tip, left mouth corner, right mouth corner.
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+
+
+def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping source
+    points onto target points (Umeyama 1991). Returns a 2x3 matrix."""
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    source_centred, target_centred = source - source_mean, target - target_mean
+    covariance = target_centred.T @ source_centred / len(source)
+    u, singular, vt = np.linalg.svd(covariance)
+    reflection = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        reflection[1, 1] = -1.0
+    rotation = u @ reflection @ vt
+    variance = source_centred.var(0).sum()
+    scale = np.trace(np.diag(singular) @ reflection) / variance if variance > 0 else 1.0
+    translation = target_mean - scale * rotation @ source_mean
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    points = np.asarray(points, dtype=np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def warp_affine(images: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int] = (112, 112)) -> torch.Tensor:
+    """Batched bilinear warp. images: uint8 or float [N, C, H, W]; matrices [N, 2, 3] map
+    input pixel coordinates (pixel centres at integers) to output ones, as cv2.warpAffine.
+    Outside the image is black. Returns the dtype it was given."""
+    n, _, height, width = images.shape
+    out_h, out_w = size
+    full = torch.zeros(n, 3, 3, dtype=torch.float64)
+    full[:, :2] = matrices.to(torch.float64)
+    full[:, 2, 2] = 1.0
+    inverse = torch.linalg.inv(full)[:, :2]  # output pixel -> input pixel
+    ys, xs = torch.meshgrid(torch.arange(out_h, dtype=torch.float64), torch.arange(out_w, dtype=torch.float64), indexing="ij")
+    grid = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3)
+    source = grid @ inverse.transpose(1, 2)  # [N, out_h*out_w, 2]
+    normalised = torch.empty_like(source)
+    normalised[..., 0] = (2 * source[..., 0] + 1) / width - 1  # align_corners=False convention
+    normalised[..., 1] = (2 * source[..., 1] + 1) / height - 1
+    grid_sample_grid = normalised.reshape(n, out_h, out_w, 2).to(torch.float32)
+    warped = F.grid_sample(images.to(torch.float32), grid_sample_grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if images.dtype == torch.uint8:
+        return warped.round().clamp(0, 255).to(torch.uint8)
+    return warped.to(images.dtype)
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """Align one HxWx3 uint8 photo from its five landmarks. Returns the size x size crop
+    and the 2x3 transform that made it."""
+    template = ARCFACE_TEMPLATE_112 * (size / 112.0)
+    matrix = similarity_transform(landmarks, template)
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
+    crop = warp_affine(tensor, torch.from_numpy(matrix)[None], (size, size))[0].permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(crop), matrix

@@ -1,0 +1,37 @@
+"""Exception types that the CLI turns into one-line messages."""
+
+
+class SynfiqaError(Exception):
+    """Base class of every error synfiqa raises on purpose (shown without a traceback)."""
+
+
+class ConfigError(SynfiqaError):
+    """A bad config file, key or value."""
+
+
+class PluginError(SynfiqaError):
+    """A plugin could not be registered or a component name is unknown or taken twice."""
+
+
+class UnknownComponentError(PluginError):
+    """No component of this kind has that name."""
+
+
+class DuplicateComponentError(PluginError):
+    """Two plugins registered the same component name."""
+
+
+class BadInputError(SynfiqaError):
+    """An input sample cannot be used; `reason` is a short code recorded in the manifest."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class WeightsNotFoundError(SynfiqaError):
+    """A model asset is missing or corrupt."""
+
+
+class OutputConflictError(SynfiqaError):
+    """The output folder holds a build made with another config."""

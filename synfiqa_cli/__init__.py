@@ -1,0 +1,1 @@
+"""The `synfiqa` command line."""

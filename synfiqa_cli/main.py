@@ -1,0 +1,182 @@
+"""synfiqa's command line: `synfiqa build`, `plugins`, `config`, `models`, and whatever
+plugins add through the `register_commands` hook."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from synfiqa.errors import SynfiqaError
+
+
+class SynfiqaGroup(click.Group):
+    """Turns synfiqa's own errors into one-line messages with exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SynfiqaError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=SynfiqaGroup)
+@click.version_option(package_name="synfiqa")
+def cli():
+    """Build synthetic face-image-quality datasets; score and evaluate face image quality (MR-FIQA)."""
+
+
+def config_options(function):
+    function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                            help="Override one config key, e.g. --set run.degraded=50 (repeatable).")(function)
+    function = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                            help="A TOML pipeline config; defaults to the shipped one.")(function)
+    return function
+
+
+def resolve_config(config_path, overrides, extra: list[str] = ()):
+    from synfiqa.config import load_config
+
+    return load_config(config_path, list(overrides) + list(extra))
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output dataset folder.")
+@click.option("--input", "input_dir", type=click.Path(), help="Folder of identities for the folder generator.")
+@click.option("--seed", type=int, help="Run seed (run.seed).")
+@click.option("--overwrite", is_flag=True, help="Replace a synfiqa build already in --out.")
+@click.option("--shard", metavar="I/N", help="Do only every N-th identity, starting at I (0-based).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
+@config_options
+def build(out, input_dir, seed, overwrite, shard, progress, config_path, overrides):
+    """Build a SynFIQA dataset: references, degraded samples and quality scores."""
+    from synfiqa.errors import ConfigError
+    from synfiqa.pipeline import build as run_build
+
+    extra = []
+    if input_dir is not None:
+        if not Path(input_dir).is_dir():
+            raise ConfigError(f"input folder {input_dir!r} does not exist or is not a folder")
+        extra.append(f"generate.params.folder.path={json.dumps(str(Path(input_dir).resolve()))}")
+    if seed is not None:
+        extra.append(f"run.seed={seed}")
+    shard_pair = None
+    if shard:
+        try:
+            index, count = (int(part) for part in shard.split("/"))
+            assert 0 <= index < count
+        except (ValueError, AssertionError):
+            raise ConfigError(f"--shard must look like I/N with 0 <= I < N, got {shard!r}") from None
+        shard_pair = (index, count)
+    config = resolve_config(config_path, overrides, extra)
+    try:
+        run_build(config, out, overwrite=overwrite, shard=shard_pair, progress=progress, echo=click.echo)
+    except SynfiqaError:
+        raise
+    except BaseException as error:
+        if isinstance(error, (SystemExit, click.exceptions.Exit)):
+            raise
+        resume = f"synfiqa build --out {out} --config {Path(out) / 'config.toml'}"
+        click.echo(f"build stopped: {error!r}\nEverything written so far is kept. Resume with:\n  {resume}", err=True)
+        raise SystemExit(1)
+
+
+@cli.group()
+def plugins():
+    """The installed plugins and the components they offer."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--kind", help="Only components of this kind.")
+def plugins_list(as_json, kind):
+    """Every registered component with its kind and owning distribution."""
+    from synfiqa.registry import get_registry
+
+    registry = get_registry()
+    components = registry.components(kind)
+    if as_json:
+        payload = {
+            "components": [c.describe() for c in components],
+            "plugins": [vars(p) for p in registry.manager.loaded],
+            "failed": [vars(p) for p in registry.manager.failed],
+        }
+        click.echo(json.dumps(payload, indent=2, default=str))
+        return
+    width = max((len(c.name) for c in components), default=4)
+    for component in components:
+        click.echo(f"{component.kind:<16} {component.name:<{width}}  {component.distribution} "
+                   f"{component.version}  {component.summary}")
+    for failed in registry.manager.failed:
+        click.echo(f"FAILED plugin {failed.name} ({failed.distribution}): {failed.error}")
+
+
+@plugins.command("show")
+@click.argument("name")
+def plugins_show(name):
+    """Details of one component: summary, owner, default parameters."""
+    from synfiqa.errors import UnknownComponentError
+    from synfiqa.registry import KINDS, get_registry
+
+    registry = get_registry()
+    found = registry.find(name)
+    if not found:
+        for kind in KINDS:  # reuse the registry's did-you-mean message
+            try:
+                registry.get(kind, name)
+            except UnknownComponentError as error:
+                if "Did you mean" in str(error):
+                    raise
+        raise UnknownComponentError(f"no component named {name!r}; see `synfiqa plugins list`")
+    for component in found:
+        click.echo(json.dumps(component.describe(), indent=2, default=str))
+
+
+@cli.group("config")
+def config_group():
+    """The pipeline config."""
+
+
+@config_group.command("show")
+@config_options
+def config_show(config_path, overrides):
+    """Print the resolved config (defaults + file + overrides) as TOML."""
+    from synfiqa.config import to_toml
+
+    click.echo(to_toml(resolve_config(config_path, overrides)), nl=False)
+
+
+@cli.group()
+def models():
+    """Model assets: where each was found, or that it is missing."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def models_list(as_json):
+    """Every model asset of the catalogue and where it was found."""
+    from synfiqa.catalogue import load_catalogue
+    from synfiqa.weights import status
+
+    _, assets = load_catalogue()
+    rows = [status(name) | {"license": assets[name].license, "summary": assets[name].summary} for name in sorted(assets)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        where = f"found ({row['origin']})" if row["found"] else "MISSING"
+        click.echo(f"{row['asset']:<22} {where:<34} {row['summary']}")
+
+
+def _load_plugin_commands():
+    from synfiqa.plugins import build_plugin_manager
+
+    try:
+        build_plugin_manager().hook.register_commands(cli=cli)
+    except Exception as error:  # a plugin's command must never take the whole CLI down
+        click.echo(f"warning: a plugin failed to add commands: {error!r}", err=True)
+
+
+_load_plugin_commands()
