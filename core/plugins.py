@@ -85,17 +85,19 @@ class SynfiqaPluginManager(pluggy.PluginManager):
                 continue
             self.register_module(module, distribution, version)
 
-    def load_builtins_from_source(self):
-        """Used only when synfiqa runs from a checkout that was never installed (no entry points)."""
+    def load_missing_builtins(self):
+        """Built-in modules listed in registry.toml but absent from the installed entry points:
+        a checkout that was never installed, or an editable install older than the catalogue."""
         from synfiqa import __version__
 
+        loaded = {p.module for p in self.loaded}
         for module_name in builtin_plugin_modules():
-            self.register_module(importlib.import_module(module_name), BUILTIN_DISTRIBUTION, __version__)
+            if module_name not in loaded:
+                self.register_module(importlib.import_module(module_name), BUILTIN_DISTRIBUTION, __version__)
 
 
 def build_plugin_manager() -> SynfiqaPluginManager:
     manager = SynfiqaPluginManager()
     manager.load_entry_points()
-    if not any(p.distribution == BUILTIN_DISTRIBUTION for p in manager.loaded):
-        manager.load_builtins_from_source()
+    manager.load_missing_builtins()
     return manager

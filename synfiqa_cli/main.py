@@ -170,6 +170,24 @@ def models_list(as_json):
         click.echo(f"{row['asset']:<22} {where:<34} {row['summary']}")
 
 
+# Stage commands live in their own modules; each exposes COMMANDS, a list of click commands.
+STAGE_COMMAND_MODULES = (
+    "synfiqa_cli.generate", "synfiqa_cli.filter", "synfiqa_cli.degrade", "synfiqa_cli.annotate",
+    "synfiqa_cli.score", "synfiqa_cli.evaluate", "synfiqa_cli.ops", "synfiqa_cli.convert",
+)
+
+
+def _load_stage_commands():
+    import importlib
+    import importlib.util
+
+    for module_name in STAGE_COMMAND_MODULES:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        for command in importlib.import_module(module_name).COMMANDS:
+            cli.add_command(command)
+
+
 def _load_plugin_commands():
     from synfiqa.plugins import build_plugin_manager
 
@@ -179,4 +197,5 @@ def _load_plugin_commands():
         click.echo(f"warning: a plugin failed to add commands: {error!r}", err=True)
 
 
+_load_stage_commands()
 _load_plugin_commands()
