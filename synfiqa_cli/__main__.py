@@ -1,0 +1,3 @@
+from synfiqa_cli.main import cli
+
+cli()
