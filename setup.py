@@ -6,7 +6,8 @@
 * Built-in plugins are registered through entry points generated from
   registry.toml: the same path a third-party plugin takes.
 * registry.toml lives at the top of the repository; wheels carry a copy inside
-  the `synfiqa` package.
+  the `synfiqa` package, and the licensed demo photos (tests/data/faces, with their
+  CREDITS.md) so that `synfiqa build` has its embedded default when installed.
 """
 from pathlib import Path
 import shutil
@@ -30,6 +31,8 @@ class BuildWithCatalogue(build_py):
         target = Path(self.build_lib) / "synfiqa" / "registry.toml"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(HERE / "registry.toml", target)
+        faces = Path(self.build_lib) / "synfiqa" / "data" / "faces"
+        shutil.copytree(HERE / "tests" / "data" / "faces", faces, dirs_exist_ok=True)
 
 
 setup(
