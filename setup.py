@@ -20,9 +20,31 @@ HERE = Path(__file__).parent
 CATALOGUE = tomllib.loads((HERE / "registry.toml").read_text())
 
 
+PACKAGE_DIRS = {
+    "synfiqa": "core",
+    "synfiqa_plugins": "plugins",
+    "synfiqa_cli": "synfiqa_cli",
+    "synfiqa_csrc": "csrc",
+}
+
+
 def plugin_entry_points():
     modules = sorted({plugin["module"] for plugin in CATALOGUE.get("plugin", [])})
-    return [f"{module.rsplit('.', 1)[-1].replace('_', '-')} = {module}" for module in modules]
+    # "synfiqa_plugins.models.mtcnn" -> "models.mtcnn": unique, and says what it is
+    return [f"{module.removeprefix('synfiqa_plugins.')} = {module}" for module in modules]
+
+
+def discover_packages():
+    """Every folder with an __init__.py under the mapped source folders, by import name."""
+    packages = []
+    for import_name, folder in PACKAGE_DIRS.items():
+        root = HERE / folder
+        for init in sorted(root.rglob("__init__.py")):
+            relative = init.parent.relative_to(root)
+            if "__pycache__" in relative.parts:
+                continue
+            packages.append(".".join((import_name, *relative.parts)))
+    return packages
 
 
 class BuildWithCatalogue(build_py):
@@ -36,29 +58,15 @@ class BuildWithCatalogue(build_py):
 
 
 setup(
-    package_dir={
-        "synfiqa": "core",
-        "synfiqa_plugins": "plugins",
-        "synfiqa_cli": "synfiqa_cli",
-        "synfiqa_csrc": "csrc",
-    },
-    packages=[
-        "synfiqa",
-        "synfiqa.ops",
-        "synfiqa.evaluation",
-        "synfiqa_plugins",
-        "synfiqa_plugins.generators",
-        "synfiqa_plugins.filters",
-        "synfiqa_plugins.degradations",
-        "synfiqa_plugins.annotators",
-        "synfiqa_plugins.models",
-        "synfiqa_cli",
-        "synfiqa_csrc",
-    ],
+    package_dir=PACKAGE_DIRS,
+    packages=discover_packages(),
     package_data={
         "synfiqa": ["*.toml"],
         "synfiqa_csrc": ["*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh", "cuda/*.cpp"],
     },
-    entry_points={"synfiqa": plugin_entry_points()},
+    entry_points={
+        "console_scripts": ["synfiqa = synfiqa_cli.main:cli"],
+        "synfiqa": plugin_entry_points(),
+    },
     cmdclass={"build_py": BuildWithCatalogue},
 )

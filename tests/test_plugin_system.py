@@ -143,3 +143,14 @@ def test_plugins_show_and_unknown(with_example):
     missing = runner.invoke(cli, ["plugins", "show", "vignete"])
     assert missing.exit_code == 2
     assert "Did you mean 'vignette'" in missing.output
+
+
+def test_builtins_are_announced_through_entry_points():
+    """Built-ins take the same path as third-party plugins: every catalogue module is an
+    entry point of the installed synfiqa distribution (a stale install fails here)."""
+    from importlib import metadata
+
+    from synfiqa.catalogue import builtin_plugin_modules
+
+    announced = {ep.value for ep in metadata.entry_points(group="synfiqa") if ep.dist.metadata["Name"] == "synfiqa"}
+    assert announced == set(builtin_plugin_modules())
