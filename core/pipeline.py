@@ -233,19 +233,28 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     records = [dataset.read_record(identity.name) for identity in identities]
     rows, quality, summary = pipeline.finalize(records)
     dataset.write_outputs(rows, quality, summary)
-    skipped_files = getattr(pipeline.generator, "skipped_files", [])
-    summary_line = (f"built {summary['identities'] - summary['identities_skipped']} identities: "
-                    f"{summary['references']} references, {summary['degraded']} degraded samples, "
-                    f"{sum(summary['photos_skipped'].values())} photos skipped")
-    if skipped_files:
-        summary_line += f", {len(skipped_files)} non-image files ignored"
-    echo(summary_line)
-    for reason, count in summary["photos_skipped"].items():
-        echo(f"  skipped {count} photo(s): {reason}")
-    for name, why in pipeline.unavailable.items():
-        echo(f"  annotator {name!r} unavailable ({why}); every score is marked 'computed without {name}'")
+    for line in stage_summary(config, summary, getattr(pipeline.generator, "skipped_files", []), pipeline.unavailable):
+        echo(line)
     echo(f"wrote {Path(out) / 'Quality-Scores.txt'} ({len(quality)} scores) and manifest.jsonl")
     return summary
+
+
+def stage_summary(config: dict, summary: dict, skipped_files: list, unavailable: dict) -> list[str]:
+    """One line per stage, for the end of a build."""
+    built = summary["identities"] - summary["identities_skipped"]
+    skipped = sum(summary["photos_skipped"].values())
+    reasons = ", ".join(f"{count} {reason}" for reason, count in summary["photos_skipped"].items())
+    lines = [
+        f"generate: {summary['identities']} identities ({config['generate']['generator']})"
+        + (f", {len(skipped_files)} non-image files ignored" if skipped_files else ""),
+        f"detect+align: {summary['references']} references for {built} identities, {skipped} photos skipped"
+        + (f" ({reasons})" if reasons else ""),
+        f"degrade: {summary['degraded']} degraded samples ({' -> '.join(config['degrade']['chain']) or 'no degradation'})",
+        f"annotate: {', '.join(n for n in config['annotate']['chain'] if n not in unavailable)}",
+    ]
+    for name, why in unavailable.items():
+        lines.append(f"  annotator {name!r} unavailable ({why}); every score is marked 'computed without {name}'")
+    return lines
 
 
 def _progress(items, enabled: bool | None):

@@ -170,7 +170,8 @@ def test_bad_inputs_are_skipped_with_reasons(faces_dir, tmp_path):
                        ("mixed", "noise.jpg", "unreadable-image"), ("noface", "wall.png", "no-face")]
     built = {r["identity"] for r in rows if r["role"] == "reference"}
     assert built == {"ardern", "gray", "rgba", "exif", "mixed"}
-    assert "4 photos skipped" in result.output and "1 non-image files ignored" in result.output
+    assert "4 photos skipped (2 corrupt-image, 1 no-face, 1 unreadable-image)" in result.output
+    assert "1 non-image files ignored" in result.output
     exif_eyes = [r for r in rows if r["identity"] == "exif" and r["role"] == "reference"][0]
     assert exif_eyes["params"]["pose.abs_yaw"] < 20  # upright after EXIF rotation, so a sane pose
     scores = read_quality_scores(out / "Quality-Scores.txt")
