@@ -35,3 +35,11 @@ class WeightsNotFoundError(SynfiqaError):
 
 class OutputConflictError(SynfiqaError):
     """The output folder holds a build made with another config."""
+
+
+class CheckpointError(SynfiqaError):
+    """A model checkpoint does not fit the network meant to load it (the message names the keys)."""
+
+
+class DataFileError(SynfiqaError):
+    """A pairs, embeddings or quality file is malformed or incomplete (the message names the file and line)."""
