@@ -234,3 +234,43 @@ def test_example_plugin_used_in_a_build(tmp_path, monkeypatch, faces_dir):
     vignette_rank_score = (len(rows) - rankdata(strengths)) / len(rows)
     assert np.all(sd <= vignette_rank_score + 1e-12)
     assert sd[strengths.argmax()] == 0.0
+
+
+FAILS_ON_SECOND_IDENTITY = """
+    import torch
+    from synfiqa import hookimpl
+
+    class Flaky:
+        severity_axes = ()
+        calls = 0
+        def sample_params(self, n, generator):
+            return {"dummy": torch.zeros(n, dtype=torch.float64)}
+        def apply(self, images, params, landmarks=None):
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise RuntimeError("disk on fire")
+            return images
+
+    @hookimpl
+    def register_degradations(register):
+        register("flaky", Flaky)
+"""
+
+
+def test_failed_build_keeps_its_work_and_prints_the_resume_command(tmp_path, monkeypatch):
+    from tests.distributions import write_distribution
+
+    write_distribution(tmp_path / "site", "flaky-plugin", "flaky_plugin", FAILS_ON_SECOND_IDENTITY)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delenv("SYNFIQA_DISABLE_PLUGINS")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["build", "--out", str(out), "--set", "run.degraded=2",
+                                      "--set", 'degrade.chain=["flaky"]'])
+    assert result.exit_code == 1
+    assert "disk on fire" in result.output
+    assert f"synfiqa build --out {out} --config {out / 'config.toml'}" in result.output
+    assert [p.name for p in (out / ".synfiqa" / "identities").glob("*.json")] == ["ardern.json"]
+    assert (out / "data" / "ardern" / "1.jpg").is_file()
+    resumed = CliRunner().invoke(cli, ["build", "--out", str(out), "--config", str(out / "config.toml")])
+    assert resumed.exit_code == 0, resumed.output  # Flaky.calls is past 2 in this process
+    assert "(1 already built)" in resumed.output
