@@ -24,6 +24,7 @@ from synfiqa.context import RunContext
 from synfiqa.dataset import DatasetDir, quality_key
 from synfiqa.degradation import ChainStep, DegradationChain
 from synfiqa.errors import BadInputError, ConfigError, WeightsNotFoundError
+from synfiqa.filtering import filter_for_build
 from synfiqa.images import encode_jpeg, write_atomic
 from synfiqa.models import pick_main_face
 from synfiqa.registry import Registry, get_registry
@@ -218,7 +219,9 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     resumed = dataset.prepare(fingerprint(config), to_toml(config), overwrite)
     if resumed:
         echo(f"resuming the build in {out}")
-    mine = identities if shard is None else identities[shard[0]::shard[1]]
+    # filter.chain: removed identities get a record with the filter's reason, and no work
+    kept = filter_for_build(pipeline, identities, dataset, echo)
+    mine = kept if shard is None else kept[shard[0]::shard[1]]
     todo = [identity for identity in mine if not dataset.has_record(identity.name)]
     echo(f"identities: {len(mine)} ({len(mine) - len(todo)} already built)")
     bar = _progress(todo, progress)
