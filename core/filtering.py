@@ -86,6 +86,10 @@ def face_subject(identity: Identity, detector, size: int = 112) -> FaceSubject:
             continue
         if subject.image is None:
             subject.image, subject.source = image, source.key
+        smallest = int(getattr(detector, "min_face_size", 20))
+        if min(image.shape[:2]) < smallest:
+            problems.append(f"{source.key}: too small for a face ({image.shape[1]}x{image.shape[0]})")
+            continue
         face = pick_main_face(detector.detect(image))
         if face is None:
             problems.append(f"{source.key}: no face")

@@ -209,3 +209,12 @@ def reference_sample(model, shape, timesteps_used, initial, noises, betas_full):
         mean = coef1[k] * x0 + coef2[k] * x
         x = mean + (torch.exp(0.5 * log_var) * noises[k].to(torch.float64) if k > 0 else 0.0)
     return x
+
+
+def write_tiny_model(folder, seed: int = 1):
+    """A converted tiny DCFace-family model folder (32x32 images), for generator tests."""
+    from synfiqa.diffusion_convert import GuidedDiffusionArch, build_unet, write_model_dir
+
+    arch = GuidedDiffusionArch(image_size=32, model_channels=32, channel_mult=(1, 2), attention_resolutions=(16,),
+                               num_head_channels=16)
+    return write_model_dir(build_unet(arch, randomize(ReferenceUNet(arch), seed=seed).state_dict()), arch, folder)

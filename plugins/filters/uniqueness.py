@@ -41,7 +41,8 @@ def greedy_unique(embeddings: torch.Tensor, threshold: float, impl: str = "auto"
         except ImportError:
             ops = None
         if ops is not None and hasattr(ops, "greedy_unique"):
-            return ops.greedy_unique(embeddings, threshold, impl=impl).to(torch.bool).cpu()
+            unit = torch.nn.functional.normalize(embeddings.to(torch.float32), dim=1).contiguous()
+            return ops.greedy_unique(unit, threshold, impl=impl).to(torch.bool).cpu()
         if impl == "native":
             raise ConfigError("uniqueness filter: impl='native' but synfiqa.ops has no greedy_unique op")
     return greedy_unique_reference(embeddings, threshold)
@@ -53,27 +54,32 @@ class UniquenessFilter:
             raise ConfigError(f"uniqueness filter: impl must be auto, native or reference, got {impl!r}")
         self.threshold, self.embedder, self.impl = threshold, embedder, impl
 
-    def resolve(self, context):
-        name = self.embedder or context.model_name("embedder")
-        model = context.registry.create("embedder", name) if self.embedder else context.model("embedder")
+    def embedder_name(self, context) -> str:
+        return self.embedder or context.model_name("embedder")
+
+    def resolve_threshold(self, name: str, model=None) -> float:
+        """This filter's threshold, else the embedder's calibrated one from registry.toml,
+        else the one a (third-party) embedder declares as `same_identity_threshold`."""
         if self.threshold is not None:
-            return model, float(self.threshold)
+            return float(self.threshold)
+        table = calibrated_thresholds()
+        if name in table:
+            return float(table[name]["cosine"])
         own = getattr(model, "same_identity_threshold", None)
         if own is not None:
-            return model, float(own)
-        table = calibrated_thresholds()
-        if name not in table:
-            raise ConfigError(f"uniqueness filter: no calibrated identity threshold for embedder {name!r} "
-                              f"(calibrated: {', '.join(sorted(table)) or 'none'}); set "
-                              "filter.params.uniqueness.threshold")
-        return model, float(table[name]["cosine"])
+            return float(own)
+        raise ConfigError(f"uniqueness filter: no calibrated identity threshold for embedder {name!r} "
+                          f"(calibrated: {', '.join(sorted(table)) or 'none'}); set "
+                          "filter.params.uniqueness.threshold")
 
     def judge(self, subjects: list[FaceSubject], context) -> list[Decision]:
         measurable = [i for i, s in enumerate(subjects) if s.has_face]
         decisions = [not_measured(s) for s in subjects]
         if not measurable:
             return decisions
-        model, threshold = self.resolve(context)
+        name = self.embedder_name(context)
+        model = context.registry.create("embedder", name) if self.embedder else context.model("embedder")
+        threshold = self.resolve_threshold(name, model)
         crops = torch.from_numpy(np.stack([subjects[i].crop for i in measurable])).permute(0, 3, 1, 2).contiguous()
         embeddings = model.embed(crops).to(torch.float32)
         kept = greedy_unique(embeddings, threshold, self.impl)

@@ -48,6 +48,9 @@ class FolderGenerator:
                 if grouping == "stem-suffix":
                     match = _INDEX_SUFFIX.match(name)
                     name = match.group("stem") if match else name
+                elif name in groups:  # one image per identity: photo.jpg and photo.png would merge
+                    raise ConfigError(f"duplicate identity name {name!r}: {groups[name][0].name!r} and {file.name!r} "
+                                      "(grouping 'file' makes one identity per image, named by its stem)")
                 groups.setdefault(name, []).append(file)
         lowered: dict[str, str] = {}
         for name in groups:
