@@ -94,6 +94,8 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
         pair_list = load_pairs(dataset)
         table = load_embeddings(dataset)
         qualities = load_qualities(dataset)
+        if table is None and not embedder:
+            raise ConfigError(f"dataset {dataset.name}: no embeddings: give --embeddings FILE.npz or --embedder NAME|FILE")
         if table is None or models.scorers:
             items = models.items(pair_list, dataset)
             if table is None:
@@ -154,12 +156,9 @@ class _Models:
         return CropMaker(False, self._built["detector"])
 
     def embeddings(self, pair_list, items, batch_size, progress):
-        from synfiqa.errors import ConfigError
         from synfiqa.evaluation.image_quality import resolve_model
         from synfiqa.evaluation.spec import compute_embeddings
 
-        if not self.embedder_spec:
-            raise ConfigError(f"{pair_list.source}: no embeddings: give --embeddings FILE.npz or --embedder NAME")
         if "embedder" not in self._built:
             self._built["embedder"] = resolve_model("embedder", self.embedder_spec, self.device, self._registry())[0]
         return compute_embeddings(pair_list, items, self.crop_maker(pair_list), self._built["embedder"],

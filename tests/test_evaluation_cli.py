@@ -158,6 +158,8 @@ def test_nothing_to_evaluate_and_no_quality(tmp_path):
     make_dataset(tmp_path)
     result = run("--pairs", tmp_path / "pairs.csv", "--embeddings", tmp_path / "emb.npz", expect=2)
     assert "no quality method" in result.output
+    result = run("--pairs", tmp_path / "pairs.csv", "--quality", tmp_path / "quality.csv", expect=2)
+    assert "dataset pairs: no embeddings: give --embeddings FILE.npz or --embedder NAME|FILE" in result.output
 
 
 def test_embeddings_and_qualities_computed_from_an_insightface_bin(tmp_path):

@@ -32,6 +32,18 @@ def test_csv_pairs(tmp_path):
     assert pairs.image_names() == ["a.jpg", "b.jpg", "c.jpg"]
 
 
+def test_fast_and_careful_csv_paths_agree(tmp_path):
+    from synfiqa.evaluation.pairs import _parse_simple_csv, parse_csv
+
+    text = "image_a,image_b,genuine\n" + "".join(f"p{i}/a.jpg, p{i % 7}/b.jpg ,{'yes' if i % 3 else 0}\n" for i in range(50))
+    fast = _parse_simple_csv(text, "p.csv")
+    careful = parse_csv(text.replace(",", ',"', 1).replace("image_b", 'image_b"', 1), "p.csv")  # quoting: careful path
+    assert fast is not None and _parse_simple_csv(text + "\n", "p.csv") is None  # a blank line: careful path
+    assert (fast.image_a, fast.image_b) == (careful.image_a, careful.image_b)
+    assert fast.genuine.tolist() == careful.genuine.tolist() and fast.lines.tolist() == careful.lines.tolist()
+    assert fast.image_b[0] == "p0/b.jpg" and fast.genuine[:3].tolist() == [False, True, True]
+
+
 def test_csv_pairs_with_columns_in_another_order(tmp_path):
     pairs = read_pairs(write(tmp_path / "p.csv", "genuine,image_b,image_a\n0,y.png,x.png\n"))
     assert (pairs.image_a, pairs.image_b, pairs.genuine.tolist()) == (["x.png"], ["y.png"], [False])
@@ -141,6 +153,16 @@ def test_bad_embeddings_name_the_image(tmp_path, vectors, message):
     np.savez(tmp_path / "e.npz", **vectors)
     with pytest.raises(DataFileError, match=message):
         read_embeddings(tmp_path / "e.npz")
+
+
+def test_embeddings_in_the_compact_table_layout(tmp_path):
+    np.savez(tmp_path / "t.npz", names=np.array(["a.jpg", "b.jpg"]), embeddings=np.array([[3.0, 4.0], [0.0, 2.0]]))
+    table = read_embeddings(tmp_path / "t.npz")
+    assert table.names == ["a.jpg", "b.jpg"]
+    np.testing.assert_allclose(table.vectors, [[0.6, 0.8], [0.0, 1.0]], rtol=1e-6)
+    np.savez(tmp_path / "bad.npz", names=np.array(["a.jpg"]), embeddings=np.ones((2, 3)))
+    with pytest.raises(DataFileError, match=r"'names' must be \[M\] strings and 'embeddings' \[M, D\]"):
+        read_embeddings(tmp_path / "bad.npz")
 
 
 def test_not_an_npz(tmp_path):

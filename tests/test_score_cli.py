@@ -107,3 +107,30 @@ def test_user_errors_exit_2_with_one_line(checkpoint, faces_dir, args, message):
     result = CliRunner().invoke(__import__("synfiqa_cli.main", fromlist=["cli"]).cli, ["score", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+class _FakeDetector:
+    def detect(self, image):
+        raise ValueError("torch.cat(): expected a non-empty list of Tensors")  # what MTCNN does on tiny images
+
+
+def test_batches_keep_order_and_a_failing_detector_costs_one_image(tmp_path):
+    from synfiqa.evaluation.image_quality import CropMaker, ImageItem, run_model
+
+    for value in range(5):
+        Image.new("RGB", (112, 112), (value * 40, 0, 0)).save(tmp_path / f"{value}.png")
+    items = [ImageItem(f"{v}.png", tmp_path / f"{v}.png") for v in range(5)]
+    items.insert(2, ImageItem("gone.png", tmp_path / "gone.png"))
+    batches = []
+
+    def red_channel(crops):
+        batches.append(len(crops))
+        return crops[:, 0, 0, 0].float()
+
+    outcomes = run_model(items, CropMaker(aligned=True), red_channel, batch_size=2, progress=False)
+    assert [o.name for o in outcomes] == ["0.png", "1.png", "gone.png", "2.png", "3.png", "4.png"]
+    assert [o.value for o in outcomes] == [0.0, 40.0, None, 80.0, 120.0, 160.0]
+    assert outcomes[2].reason == "missing-file" and batches == [2, 2, 1]
+    failed = run_model(items[:1], CropMaker(aligned=False, detector=_FakeDetector()), red_channel, progress=False)
+    assert failed[0].value is None and failed[0].reason == "detection-failed"
+    assert "0.png: the face detector failed" in failed[0].detail

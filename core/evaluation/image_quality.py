@@ -17,8 +17,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from synfiqa.align import align_face
 from synfiqa.errors import BadInputError, DataFileError
 from synfiqa.images import is_image_path, read_rgb, to_rgb_array
+from synfiqa.models import pick_main_face
 
 CROP_SIZE = 112
 GENERIC_CHECKPOINT_MODEL = "cr-fiqa"  # what a checkpoint file given instead of a model name loads with
@@ -90,15 +92,16 @@ class CropMaker:
         return read_rgb(item.path)
 
     def crop(self, item: ImageItem) -> np.ndarray:
-        from synfiqa.align import align_face
-        from synfiqa.models import pick_main_face
-
         image = self.load(item)
         if self.aligned:
             if image.shape[:2] != (CROP_SIZE, CROP_SIZE):
                 image = np.asarray(Image.fromarray(image).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR))
             return image
-        face = pick_main_face(self.detector.detect(image))
+        try:
+            faces = self.detector.detect(image)
+        except Exception as error:  # a detector that chokes on one odd image must not stop a whole folder
+            raise BadInputError("detection-failed", f"{item.name}: the face detector failed ({error!r})") from None
+        face = pick_main_face(faces)
         if face is None:
             raise BadInputError("no-face", f"{item.name}: no face found")
         crop, _ = align_face(image, face.landmarks, CROP_SIZE)

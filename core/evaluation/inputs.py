@@ -87,23 +87,15 @@ class NameIndex:
     def rows_for_pairs(self, pairs) -> tuple[np.ndarray, np.ndarray]:
         """Rows of both images of every pair. An image the table lacks is an error that names
         the first pair's line that uses one and counts the other missing images."""
-        cache: dict[str, int] = {}
-        columns, missing = [], {}
-        for names in (pairs.image_a, pairs.image_b):
-            rows = np.empty(len(names), dtype=np.int64)
-            for i, name in enumerate(names):
-                row = cache.get(name)
-                if row is None:
-                    row = cache[name] = -1 if (found := self.find(name)) is None else found
-                if row < 0:
-                    missing.setdefault(name, i)
-                rows[i] = row
-            columns.append(rows)
+        resolved = {name: self.find(name) for name in set(pairs.image_a) | set(pairs.image_b)}
+        missing = {name for name, row in resolved.items() if row is None}
         if missing:
-            first = min(missing, key=missing.get)
+            first = min((i for i, pair in enumerate(zip(pairs.image_a, pairs.image_b)) if missing & set(pair)))
+            name = next(n for n in (pairs.image_a[first], pairs.image_b[first]) if n in missing)
             more = f" ({len(missing) - 1} more image(s) missing)" if len(missing) > 1 else ""
-            raise DataFileError(f"{pairs.where(missing[first])}: image {first!r} is not in {self.source}{more}")
-        return columns[0], columns[1]
+            raise DataFileError(f"{pairs.where(first)}: image {name!r} is not in {self.source}{more}")
+        return (np.array([resolved[n] for n in pairs.image_a], dtype=np.int64),
+                np.array([resolved[n] for n in pairs.image_b], dtype=np.int64))
 
 
 # ---------------------------------------------------------------- embeddings
@@ -150,7 +142,13 @@ def embedding_table(named_vectors: dict[str, np.ndarray], source: str) -> Embedd
     return EmbeddingTable(names, (vectors / norms[:, None]).astype(np.float32), source)
 
 
+TABLE_KEYS = ("names", "embeddings")  # the compact layout: a string array and an [M, D] array
+
+
 def read_embeddings(path: str | Path) -> EmbeddingTable:
+    """An .npz mapping each image name to its vector, or (much faster to load for many
+    images: one array instead of one archive member per image) holding exactly two arrays,
+    ``names`` [M] (strings) and ``embeddings`` [M, D]."""
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"embeddings file {str(path)!r} does not exist")
@@ -158,7 +156,16 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise DataFileError(f"{path}: expected an .npz archive mapping image names to vectors")
-            named = {name: archive[name] for name in archive.files}
+            if sorted(archive.files) == sorted(TABLE_KEYS):
+                names, matrix = archive["names"], archive["embeddings"]
+                if names.dtype.kind not in "US" or names.ndim != 1 or matrix.ndim != 2 or len(names) != len(matrix):
+                    raise DataFileError(f"{path}: 'names' must be [M] strings and 'embeddings' [M, D], got "
+                                        f"{names.dtype} {names.shape} and {matrix.shape}")
+                named = dict(zip(names.astype(str).tolist(), matrix))
+                if len(named) != len(names):
+                    raise DataFileError(f"{path}: an image name appears twice in 'names'")
+            else:
+                named = {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError) as error:
         raise DataFileError(f"{path}: not a readable .npz archive ({error})") from None
     return embedding_table(named, str(path))

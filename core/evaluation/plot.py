@@ -62,7 +62,7 @@ def _draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], dataset: Dat
     limit = curves[0][1].discard_limit
     x_top = 1.0
     y_values = np.concatenate([c.fnmr[np.isfinite(c.fnmr)] for _, c in curves] or [np.zeros(0)])
-    y_top = _nice_top(float(y_values.max()) * 1.05 if len(y_values) else 1.0)
+    y_top = min(1.0, _nice_top(float(y_values.max()) * 1.05 if len(y_values) else 1.0))  # FNMR <= 1
 
     def to_pixel(x, y):
         return left + (right - left) * (np.asarray(x) / x_top), bottom - (bottom - top) * (np.asarray(y) / y_top)
