@@ -48,7 +48,8 @@ def load_model_dir(path: str | Path):
     if config.get("num_class_embeds") or config.get("class_embed_type"):
         raise ConfigError(f"{unet_dir}: a class-conditional UNet; the ddpm generator is unconditional")
     try:
-        unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
+        # low_cpu_mem_usage needs accelerate; without it diffusers warns on every load
+        unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise ConfigError(f"cannot load the UNet in {unet_dir}: {first}") from None
