@@ -96,6 +96,10 @@ class Pipeline:
         for source in identity.images:
             try:
                 image = source.load()
+                smallest = getattr(self.detector, "min_face_size", 20)
+                if min(image.shape[:2]) < smallest:
+                    raise BadInputError("image-too-small", f"{source.key}: {image.shape[1]}x{image.shape[0]} pixels "
+                                        f"cannot hold a face of the detector's minimum size ({smallest} px)")
                 face = pick_main_face(self.detector.detect(image))
                 if face is None:
                     raise BadInputError("no-face", f"{source.key}: no face found")

@@ -156,6 +156,7 @@ def make_bad_input_folder(root: Path, faces: Path) -> Path:
     (root / "mixed" / "notes.txt").write_text("not an image")
     (root / "mixed" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (root / "mixed" / "noise.jpg").write_bytes(bytes(range(256)) * 4)
+    Image.open(faces / "obama_1.jpg").resize((12, 10)).save(root / "mixed" / "tiny.png")
     return root
 
 
@@ -167,10 +168,11 @@ def test_bad_inputs_are_skipped_with_reasons(faces_dir, tmp_path):
     rows = read_manifest(out)
     skipped = sorted((r["identity"], r["source"], r["reason"]) for r in rows if r["status"] == "skipped")
     assert skipped == [("corrupt", "half.jpg", "corrupt-image"), ("mixed", "broken.png", "corrupt-image"),
-                       ("mixed", "noise.jpg", "unreadable-image"), ("noface", "wall.png", "no-face")]
+                       ("mixed", "noise.jpg", "unreadable-image"), ("mixed", "tiny.png", "image-too-small"),
+                       ("noface", "wall.png", "no-face")]
     built = {r["identity"] for r in rows if r["role"] == "reference"}
     assert built == {"ardern", "gray", "rgba", "exif", "mixed"}
-    assert "4 photos skipped (2 corrupt-image, 1 no-face, 1 unreadable-image)" in result.output
+    assert "5 photos skipped (2 corrupt-image, 1 image-too-small, 1 no-face, 1 unreadable-image)" in result.output
     assert "1 non-image files ignored" in result.output
     exif_eyes = [r for r in rows if r["identity"] == "exif" and r["role"] == "reference"][0]
     assert exif_eyes["params"]["pose.abs_yaw"] < 20  # upright after EXIF rotation, so a sane pose
