@@ -153,7 +153,8 @@ def protocol_a(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
     fnmr = np.full((len(targets), levels), np.nan)
     thresholds = np.full((len(targets), levels), np.nan)
     achieved = np.full((len(targets), levels), np.nan)
-    if n:
+    n_genuine_all, n_impostor_all = int(genuine.sum()), int((~genuine).sum())
+    if n_genuine_all and n_impostor_all:
         # Position of each pair in the quality order: the lowest floor(u*N) positions go first.
         quality_position = np.empty(n, dtype=np.int64)
         quality_position[np.argsort(pair_quality, kind="stable")] = np.arange(n)
@@ -186,9 +187,6 @@ def protocol_a(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
                 fnmr[row, level] = genuines_below_t[best] / n_genuine
                 thresholds[row, level] = sorted_scores[at[best]]
                 achieved[row, level] = false_matches[best] / n_impostor
-        n_genuine_all, n_impostor_all = int(genuine.sum()), int((~genuine).sum())
-    else:
-        n_genuine_all = n_impostor_all = 0
     if n_genuine_all == 0:
         _warn("protocol A: no genuine pairs, so no FNMR: every number is NaN")
     elif n_impostor_all == 0:
