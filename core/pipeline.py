@@ -18,12 +18,13 @@ import torch
 from PIL import Image
 
 from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform
+from synfiqa.annotate import dataset_scores, identity_scores, load_annotators
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml
 from synfiqa.context import RunContext
 from synfiqa.dataset import DatasetDir, quality_key
 from synfiqa.degradation import ChainStep, DegradationChain
-from synfiqa.errors import BadInputError, ConfigError, WeightsNotFoundError
+from synfiqa.errors import BadInputError
 from synfiqa.filtering import filter_for_build
 from synfiqa.images import encode_jpeg, write_atomic
 from synfiqa.models import pick_main_face
@@ -58,17 +59,7 @@ class Pipeline:
             ChainStep(name, registry.create("degradation", name, **component_params(config, "degrade", name)))
             for name in config["degrade"]["chain"]
         ])
-        self.annotators, self.unavailable = [], {}
-        for name in config["annotate"]["chain"]:
-            try:
-                annotator = registry.create("annotator", name, **component_params(config, "annotate", name))
-                if hasattr(annotator, "prepare"):
-                    annotator.prepare(self.context)
-                self.annotators.append((name, annotator))
-            except WeightsNotFoundError as error:
-                if name not in config["annotate"]["optional"]:
-                    raise
-                self.unavailable[name] = str(error).splitlines()[0]
+        self.annotators, self.unavailable = load_annotators(config, self.context)
         self.detector = self.context.model("detector")
         self.pose = self.context.model("pose")
         if any(name == "fr" for name, _ in self.annotators):
@@ -149,11 +140,7 @@ class Pipeline:
             degraded += [save(f"{k}.jpg", pixels) for k, pixels in zip(indices[start:stop], out)]
         sample_tensor = torch.from_numpy(np.stack(degraded)).permute(0, 3, 1, 2).contiguous()
 
-        scores: dict[str, list[float]] = {}
-        for name, annotator in self.annotators:
-            if annotator.scope == "identity":
-                for key, values in annotator.annotate_identity(sample_tensor, reference_tensor, self.context).items():
-                    scores[key] = [float(v) for v in torch.as_tensor(values).tolist()]
+        scores = identity_scores(self.annotators, sample_tensor, reference_tensor, self.context)
         for k, source, record in zip(indices, sources, params):
             rows.append({"identity": identity.name, "index": k, "role": "degraded", "status": "ok",
                          "path": f"data/{identity.name}/{k}.jpg", "source": source.key,
@@ -174,10 +161,7 @@ class Pipeline:
             severity_axes=self.chain.severity_axes,
             unavailable=set(self.unavailable),
         )
-        for name, annotator in self.annotators:
-            if annotator.scope == "dataset" and len(table):
-                for key, values in annotator.annotate_dataset(table, self.context).items():
-                    table.scores[key] = np.asarray(values, dtype=np.float64)
+        dataset_scores(self.annotators, table, self.context)
         partial = sorted(self.unavailable)
         for i, row in enumerate(degraded):
             row["scores"] = {key: float(values[i]) for key, values in table.scores.items()}
