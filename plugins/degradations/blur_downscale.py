@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from synfiqa import hookimpl
 from synfiqa.degradation import Degradation, check_images
+from synfiqa.ops import blur_resample
+from synfiqa.ops.reference import blur_resample_reference
 
 INTENSITY_RANGES = torch.tensor([[0.82, 1.6], [1.6, 2.5], [2.5, 4.0], [4.0, 8.0]], dtype=torch.float64)
 INTENSITY_PROBABILITIES = torch.tensor([0.8, 0.1, 0.08, 0.02], dtype=torch.float64)
@@ -94,27 +96,15 @@ class BlurDownscale(Degradation):
 
     def apply(self, images, params, landmarks=None):
         check_images(images)
-        return blur_downscale_reference(images, params["kernel"], params["low_scale"] + 1.0)
+        if images.shape[0] == 0:
+            return images.clone()
+        # One fused pass (synfiqa.ops.blur_resample); "reference" runs its pure-torch twin.
+        impl = "reference" if self.mode == "reference" else "auto"
+        return blur_resample(images, params["kernel"], params["low_scale"] + 1.0, impl=impl)
 
 
-def blur_downscale_reference(images: torch.Tensor, kernels: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Plain torch: per-sample correlation (reflect padding), bicubic antialiased downscale by
-    `factors`, bicubic resize back to the input size."""
-    n, channels, height, width = images.shape
-    if n == 0:
-        return images.clone()
-    pad = kernels.shape[-1] // 2
-    x = images.to(torch.float32)
-    padded = F.pad(x.reshape(1, n * channels, height, width), (pad, pad, pad, pad), mode="reflect")
-    weight = kernels.to(torch.float32).repeat_interleave(channels, dim=0)[:, None]
-    blurred = F.conv2d(padded, weight, groups=n * channels).reshape(n, channels, height, width)
-    out = torch.empty_like(x)
-    for i in range(n):
-        factor = float(factors[i])
-        small = (max(1, round(height / factor)), max(1, round(width / factor)))
-        down = F.interpolate(blurred[i : i + 1], size=small, mode="bicubic", antialias=True, align_corners=False)
-        out[i] = F.interpolate(down, size=(height, width), mode="bicubic", align_corners=False)[0]
-    return out.round().clamp(0, 255).to(torch.uint8)
+# The plain-torch definition moved to synfiqa.ops.reference; this name stays for callers.
+blur_downscale_reference = blur_resample_reference
 
 
 @hookimpl
