@@ -147,10 +147,15 @@ def _compile(kind: str, verbose: bool) -> Path:
     build_dir.mkdir(parents=True, exist_ok=True)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # cpp_extension reads CUDA_HOME once, when it is first imported: set its copy too.
+    saved_cuda_home = cpp_extension.CUDA_HOME
+    if "CUDA_HOME" in env:
+        cpp_extension.CUDA_HOME = env["CUDA_HOME"]
     try:
         cpp_extension.load(name=name, sources=[str(s) for s in sources], build_directory=str(build_dir),
                            is_python_module=False, verbose=verbose, **extra)
     finally:
+        cpp_extension.CUDA_HOME = saved_cuda_home
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -107,33 +107,42 @@ void ref_cosine_kernel(const at::Tensor& samples, const int64_t* sample_ids, con
   const IdentityRows identities(reference_ids, m);
   const int64_t rows = identities.rows();
 
-  // Means in float64, summed column-slice by column-slice so threads never share a cell.
-  std::vector<double> sums(rows * d, 0.0);
-  std::vector<int64_t> counts(rows, 0);
+  // Means in float64, one identity per task: the references are first ordered by
+  // identity (a counting sort), so each task sums its own rows and writes its own mean.
+  std::vector<int64_t> offsets(rows + 1, 0);
   std::vector<int64_t> row_of_reference(m);
   for (int64_t r = 0; r < m; ++r) {
     row_of_reference[r] = identities.row(reference_ids[r]);
-    ++counts[row_of_reference[r]];
+    ++offsets[row_of_reference[r] + 1];
+  }
+  for (int64_t row = 0; row < rows; ++row) offsets[row + 1] += offsets[row];
+  std::vector<int64_t> order(m);
+  {
+    std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+    for (int64_t r = 0; r < m; ++r) order[fill[row_of_reference[r]]++] = r;
   }
   const scalar_t* ref = references.data_ptr<scalar_t>();
-  at::parallel_for(0, d, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = 0; r < m; ++r) {
-      double* sum = sums.data() + row_of_reference[r] * d;
-      const scalar_t* x = ref + r * d;
-      for (int64_t k = begin; k < end; ++k) sum[k] += static_cast<double>(x[k]);
-    }
-  });
   std::vector<scalar_t> means(rows * d);
   std::vector<double> mean_norms(rows);
-  for (int64_t row = 0; row < rows; ++row) {
-    double square = 0.0;
-    for (int64_t k = 0; k < d; ++k) {
-      const double mean = sums[row * d + k] / static_cast<double>(counts[row]);
-      means[row * d + k] = static_cast<scalar_t>(mean);
-      square += mean * mean;
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<double> sum(d);
+    for (int64_t row = begin; row < end; ++row) {
+      std::fill(sum.begin(), sum.end(), 0.0);
+      for (int64_t i = offsets[row]; i < offsets[row + 1]; ++i) {
+        const scalar_t* __restrict__ x = ref + order[i] * d;
+        double* __restrict__ acc = sum.data();
+        for (int64_t k = 0; k < d; ++k) acc[k] += static_cast<double>(x[k]);
+      }
+      const double count = static_cast<double>(offsets[row + 1] - offsets[row]);
+      double square = 0.0;
+      for (int64_t k = 0; k < d; ++k) {
+        const double mean = sum[k] / count;
+        means[row * d + k] = static_cast<scalar_t>(mean);
+        square += mean * mean;
+      }
+      mean_norms[row] = std::sqrt(square);
     }
-    mean_norms[row] = std::sqrt(square);
-  }
+  });
 
   const scalar_t* x = samples.data_ptr<scalar_t>();
   scalar_t* result = out.data_ptr<scalar_t>();
