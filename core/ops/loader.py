@@ -139,11 +139,11 @@ def cached_library(kind: str) -> Path | None:
     return library if library.exists() else None
 
 
-def _compile(kind: str, verbose: bool) -> Path:
+def _compile(kind: str, verbose: bool, root: Path | None = None) -> Path:
     from torch.utils import cpp_extension
 
     name, sources, extra, env = _build_spec(kind)
-    build_dir = cache_root() / name
+    build_dir = (cache_root() if root is None else Path(root)) / name
     build_dir.mkdir(parents=True, exist_ok=True)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -222,6 +222,17 @@ def build(kinds: tuple[str, ...] = ("cpu",), verbose: bool = False) -> dict[str,
     for kind in kinds:
         _load(kind, verbose, force=True)
     return {kind: _states[kind] for kind in kinds}
+
+
+def build_into(kind: str, root: Path, verbose: bool = False) -> Path:
+    """Compile and load one library under `root`, raising on failure (no fallback): the
+    check that the sources compile, e.g. the CUDA ones on a machine without a GPU."""
+    if kind == "cuda" and not ensure_cpu(verbose):
+        raise RuntimeError(f"the CPU library is not loaded: {_states['cpu'].error}")
+    with _lock:
+        path = _compile(kind, verbose, root)
+        _states[kind] = BuildState(loaded=True, path=str(path), attempted=True)
+        return path
 
 
 def state(kind: str) -> BuildState:
