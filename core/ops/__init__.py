@@ -231,9 +231,10 @@ def greedy_unique(embeddings: torch.Tensor, threshold: float, impl: str = "auto"
     embeddings = embeddings.to(_common_float(embeddings)).contiguous()
     if embeddings.shape[0] == 0:
         return torch.empty((0,), dtype=torch.bool, device=embeddings.device)
+    native = _use_native("greedy_unique", impl, embeddings.device)
     if not bool(torch.isfinite(embeddings).all()):
         raise ValueError("embeddings contain NaN or infinity")
-    if _use_native("greedy_unique", impl, embeddings.device):
+    if native:
         return torch.ops.synfiqa.greedy_unique(embeddings, threshold)
     return greedy_unique_reference(embeddings, threshold)
 

@@ -196,13 +196,13 @@ def _load(kind: str, verbose: bool = False, force: bool = False) -> bool:
 
 
 def _summarise(error: Exception) -> str:
-    """One line for messages: the first compiler/linker error when there is one."""
+    """One line for messages: the first compiler or linker error line when there is one."""
     text = str(error)
-    for line in text.splitlines():
-        if "error" in line.lower() and not line.startswith(("FAILED", "[")):
+    lines = text.splitlines()
+    for line in lines:
+        if "error:" in line.lower() and not line.startswith("Error building extension"):
             return f"{type(error).__name__}: {line.strip()[:300]}"
-    first = text.splitlines()[0] if text else ""
-    return f"{type(error).__name__}: {first[:300]}"
+    return f"{type(error).__name__}: {(lines[0] if lines else '')[:300]}"
 
 
 def native_disabled() -> bool:
