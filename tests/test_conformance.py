@@ -10,6 +10,8 @@ from synfiqa.plugins import SynfiqaPluginManager
 from synfiqa.registry import Registry
 from synfiqa.testing import AnnotatorConformance, DegradationConformance
 
+from degradation_faces import face_batch
+
 
 def builtin_registry() -> Registry:
     """Only synfiqa's own plugins (those registry.toml lists), whatever else is installed."""
@@ -19,7 +21,7 @@ def builtin_registry() -> Registry:
 
 
 REGISTRY = builtin_registry()
-DEGRADATIONS = REGISTRY.names("degradation")
+DEGRADATIONS = [c.name for c in REGISTRY.components("degradation") if c.distribution == "synfiqa"]
 # identity-scope annotators need face models and weights; the kit runs them where a test
 # supplies a context (make_context)
 DATASET_ANNOTATORS = [c.name for c in REGISTRY.components("annotator") if getattr(c.factory, "scope", None) == "dataset"]
@@ -42,7 +44,16 @@ def test_every_builtin_degradation_is_covered():
             "occlusion"} <= set(DEGRADATIONS)
 
 
-class TestBuiltinDegradations(DegradationConformance):
+class OnARealFace:
+    """The kit's checks on a real aligned face crop (tests/data/faces/obama_1.jpg) rather
+    than the kit's synthetic pattern: the severity check then measures damage to a face."""
+
+    def images(self, n, seed=0, size=None):
+        height, width = size or self.image_size
+        return face_batch(n, height, width, seed)
+
+
+class TestBuiltinDegradations(OnARealFace, DegradationConformance):
     @pytest.fixture(params=DEGRADATIONS)
     def degradation(self, request):
         return REGISTRY.create("degradation", request.param)
