@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -38,7 +39,7 @@ namespace {
 
 constexpr int64_t kPanel = 16;    // kept rows per packed panel: two vectors of 8 int32 results
 constexpr int64_t kTileRows = 5;  // block rows per register tile (5 x 16 int32 accumulators)
-constexpr int64_t kBlock = 240;   // rows decided per step; a multiple of kPanel and kTileRows
+constexpr int64_t kBlock = 960;   // rows decided per step; a multiple of kPanel and kTileRows
 constexpr float kScreenSlack = 1e-5f;   // covers float rounding in the screening test
 constexpr double kBoundSlack = 1e-12;   // covers float64 rounding in the bound itself
 
@@ -189,13 +190,22 @@ void screen_tile(const int16_t* const rows[kTileRows], int rows_valid, const flo
 #endif
 }
 
-// One block of rows being decided: quantised rows (row-major) and their scales.
-struct QuantisedBlock {
-  int64_t rows = 0;
-  std::vector<int16_t> data;
+// Every row quantised once, up front (one parallel pass; N * D * 2 bytes).
+struct QuantisedRows {
+  std::vector<int16_t> data;  // [n][2 * pairs], row-major
   std::vector<float> inverse_scale, error;
   std::vector<double> inverse_scale_exact, error_exact;
-  const int16_t* row(int64_t r, int64_t pairs) const { return data.data() + r * 2 * pairs; }
+};
+
+// The block of rows being decided: a view into QuantisedRows.
+struct QuantisedBlock {
+  int64_t rows = 0;
+  const int16_t* data = nullptr;
+  const float* inverse_scale = nullptr;
+  const float* error = nullptr;
+  const double* inverse_scale_exact = nullptr;
+  const double* error_exact = nullptr;
+  const int16_t* row(int64_t r, int64_t pairs) const { return data + r * 2 * pairs; }
 };
 
 template <typename scalar_t>
@@ -220,17 +230,23 @@ class GreedyUnique {
   }
 
   void run(bool* kept) {
-    QuantisedBlock block;
-    block.data.resize(kBlock * 2 * pairs_);
-    block.inverse_scale.resize(kBlock);
-    block.error.resize(kBlock);
-    block.inverse_scale_exact.resize(kBlock);
-    block.error_exact.resize(kBlock);
+    QuantisedRows all;
+    all.data.resize(n_ * 2 * pairs_);
+    all.inverse_scale.resize(n_);
+    all.error.resize(n_);
+    all.inverse_scale_exact.resize(n_);
+    all.error_exact.resize(n_);
+    at::parallel_for(0, n_, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) quantise(i, all);
+    });
     for (int64_t start = 0; start < n_; start += kBlock) {
+      QuantisedBlock block;
       block.rows = std::min(kBlock, n_ - start);
-      at::parallel_for(0, block.rows, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) quantise(start + r, block, r);
-      });
+      block.data = all.data.data() + start * 2 * pairs_;
+      block.inverse_scale = all.inverse_scale.data() + start;
+      block.error = all.error.data() + start;
+      block.inverse_scale_exact = all.inverse_scale_exact.data() + start;
+      block.error_exact = all.error_exact.data() + start;
       std::vector<char> dropped(block.rows, 0);
       resolve_against_kept(start, block, dropped);
       resolve_within_block(start, block, dropped);
@@ -247,7 +263,8 @@ class GreedyUnique {
  private:
   // Row i as the reference sees it, x / max(|x|, 1e-12) in float64, rounded to
   // integers with its largest component at +-Q.
-  void quantise(int64_t i, QuantisedBlock& block, int64_t r) const {
+  void quantise(int64_t i, QuantisedRows& block) const {
+    const int64_t r = i;
     const scalar_t* row = x_ + i * d_;
     int16_t* out = block.data.data() + r * 2 * pairs_;
     const double norm = std::max(norms_[i], 1e-12);
@@ -297,53 +314,64 @@ class GreedyUnique {
     return exact_cosine(i, j) > threshold_;
   }
 
-  // Every block row against panel `p` of `store`; `emit(row, column, dot)` gets the pairs
-  // the screen cannot rule out.
+  // Block rows `rows[0..count)` against panel `p` of `store`; `emit(row, column, dot)` gets
+  // the pairs the screen cannot rule out.
   template <typename Emit>
-  void screen_panel(const PanelStore& store, int64_t p, const QuantisedBlock& block, int64_t first_row,
-                    Emit&& emit) const {
+  void screen_panel(const PanelStore& store, int64_t p, const QuantisedBlock& block, const int32_t* rows,
+                    int64_t count, Emit&& emit) const {
     const int columns = static_cast<int>(std::min(kPanel, store.count - p * kPanel));
     const float threshold = static_cast<float>(threshold_);
-    for (int64_t r0 = first_row; r0 < block.rows; r0 += kTileRows) {
-      const int valid = static_cast<int>(std::min(kTileRows, block.rows - r0));
+    for (int64_t r0 = 0; r0 < count; r0 += kTileRows) {
+      const int valid = static_cast<int>(std::min(kTileRows, count - r0));
       const int16_t* tile_rows[kTileRows];
-      for (int r = 0; r < kTileRows; ++r) tile_rows[r] = block.row(r0 + std::min(r, valid - 1), pairs_);
-      screen_tile(tile_rows, valid, block.inverse_scale.data() + r0, block.error.data() + r0, store.panel(p), pairs_,
-                  store.inverse_scale.data() + p * kPanel, store.error.data() + p * kPanel, columns, threshold,
-                  [&](int r, int c, int32_t dot) { emit(r0 + r, p * kPanel + c, dot); });
+      float inverse[kTileRows], error[kTileRows];
+      for (int r = 0; r < kTileRows; ++r) {
+        const int32_t row = rows[r0 + std::min(r, valid - 1)];
+        tile_rows[r] = block.row(row, pairs_);
+        inverse[r] = block.inverse_scale[row];
+        error[r] = block.error[row];
+      }
+      screen_tile(tile_rows, valid, inverse, error, store.panel(p), pairs_, store.inverse_scale.data() + p * kPanel,
+                  store.error.data() + p * kPanel, columns, threshold,
+                  [&](int r, int c, int32_t dot) { emit(rows[r0 + r], p * kPanel + c, dot); });
     }
   }
 
   // Block rows against every kept row of earlier blocks. Any one kept row above the
   // threshold drops a row, so pairs are settled as the screen finds them, in any order,
-  // and nothing is stored.
+  // nothing is stored, and a dropped row leaves the screen at the next panel grab.
   void resolve_against_kept(int64_t start, const QuantisedBlock& block, std::vector<char>& dropped) const {
     const int64_t panels = kept_store_.panels();
     if (panels == 0) return;
     // Threads take the kept panels a few at a time from a shared counter (a thread that
     // shares its core with another process then simply takes fewer); each panel stays in
-    // L1 while every block row passes over it.
+    // L1 while the block's rows pass over it.
     const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), panels));
     std::atomic<int64_t> next_panel{0};
     constexpr int64_t kPanelsPerGrab = 4;
-    std::mutex mutex;
+    std::unique_ptr<std::atomic<uint8_t>[]> hit(new std::atomic<uint8_t>[block.rows]);
+    for (int64_t r = 0; r < block.rows; ++r) hit[r].store(0, std::memory_order_relaxed);
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-      std::vector<char> hit(block.rows, 0);
+      std::vector<int32_t> active;
       auto settle = [&](int64_t row, int64_t column, int32_t dot) {
-        if (!hit[row] && exceeds(dot, block.inverse_scale_exact[row], block.error_exact[row],
-                                 kept_store_.inverse_scale_exact[column], kept_store_.error_exact[column],
-                                 start + row, kept_store_.source_row[column])) {
-          hit[row] = 1;
+        if (!hit[row].load(std::memory_order_relaxed) &&
+            exceeds(dot, block.inverse_scale_exact[row], block.error_exact[row],
+                    kept_store_.inverse_scale_exact[column], kept_store_.error_exact[column], start + row,
+                    kept_store_.source_row[column])) {
+          hit[row].store(1, std::memory_order_relaxed);
         }
       };
       for (int64_t first = next_panel.fetch_add(kPanelsPerGrab); first < panels;
            first = next_panel.fetch_add(kPanelsPerGrab)) {
+        active.clear();
+        for (int32_t r = 0; r < block.rows; ++r)
+          if (!hit[r].load(std::memory_order_relaxed)) active.push_back(r);
         const int64_t last = std::min(panels, first + kPanelsPerGrab);
-        for (int64_t p = first; p < last; ++p) screen_panel(kept_store_, p, block, 0, settle);
+        for (int64_t p = first; p < last; ++p)
+          screen_panel(kept_store_, p, block, active.data(), static_cast<int64_t>(active.size()), settle);
       }
-      std::lock_guard<std::mutex> lock(mutex);
-      for (int64_t r = 0; r < block.rows; ++r) dropped[r] |= hit[r];
     });
+    for (int64_t r = 0; r < block.rows; ++r) dropped[r] = hit[r].load(std::memory_order_relaxed);
   }
 
   // Block rows against earlier rows of the same block: here order matters (only a kept
@@ -355,9 +383,13 @@ class GreedyUnique {
                           block.error_exact[r], start + r);
     }
     std::vector<Candidate> candidates;
+    std::vector<int32_t> rows;  // the rows not dropped by earlier blocks
+    for (int32_t r = 0; r < block.rows; ++r)
+      if (!dropped[r]) rows.push_back(r);
     for (int64_t p = 0; p < block_store_.panels(); ++p) {
-      // Rows before the panel's first row have no earlier partner in it.
-      screen_panel(block_store_, p, block, p * kPanel / kTileRows * kTileRows,
+      // Rows up to the panel's first row have no earlier partner in it.
+      const auto later = std::upper_bound(rows.begin(), rows.end(), static_cast<int32_t>(p * kPanel));
+      screen_panel(block_store_, p, block, rows.data() + (later - rows.begin()), rows.end() - later,
                    [&](int64_t row, int64_t column, int32_t dot) {
                      if (column < row) {
                        candidates.push_back({static_cast<int32_t>(row), static_cast<int32_t>(column), dot});
