@@ -2,8 +2,10 @@
 line kernel of a given length (pixels) and angle (degrees, counter-clockwise from the
 image's x axis as seen on screen).
 
-The line is drawn anti-aliased: each tap weighs max(0, 1 - its distance to the segment),
-so lengths between whole pixels change the kernel smoothly and length 0 is no blur.
+The line is drawn anti-aliased: across the line a tap weighs max(0, 1 - its distance to
+the line), along it the part of a one-pixel step that lies inside the segment (a tap half
+a pixel past the end weighs nothing), so lengths between whole pixels change the kernel
+smoothly, a horizontal line of length L spans L pixels, and length 0 is no blur.
 """
 from __future__ import annotations
 
@@ -33,9 +35,9 @@ def motion_kernel(length: float, angle_degrees: float) -> torch.Tensor:
     angle = math.radians(angle_degrees)
     # y grows downwards in an image: counter-clockwise on screen is -y
     direction = (math.cos(angle), -math.sin(angle))
-    along = (xs * direction[0] + ys * direction[1]).clamp(-length / 2, length / 2)
-    distance = torch.hypot(xs - along * direction[0], ys - along * direction[1])
-    kernel = (1.0 - distance).clamp_min(0)
+    along = xs * direction[0] + ys * direction[1]
+    across = (xs * direction[1] - ys * direction[0]).abs()
+    kernel = (1.0 - across).clamp_min(0) * (length / 2 + 0.5 - along.abs()).clamp(0, 1)
     return kernel / kernel.sum()
 
 
