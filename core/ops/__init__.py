@@ -17,9 +17,11 @@ once). Set SYNFIQA_NO_NATIVE_OPS=1 to make "auto" use the reference. `status()` 
 backend each op uses and why.
 
 The compiled kernels equal their reference: blur_resample within 1 grey level (float32
-summation order), ref_cosine within float32 rounding, greedy_unique exactly (the kept set is
-the plain loop's; only a cosine within ~1e-12 of the threshold could be judged differently,
-by float64 rounding).
+summation order; the C++ kernel also skips kernel border rows/columns whose total absolute
+weight is below 2^-24 of the kernel's, a change below float32 resolution, <= 1.5e-5 grey
+level), ref_cosine within float32 rounding, greedy_unique exactly (the kept set is the plain
+loop's; only a cosine within ~1e-12 of the threshold could be judged differently, by float64
+rounding).
 """
 from __future__ import annotations
 

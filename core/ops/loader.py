@@ -139,8 +139,22 @@ def cached_library(kind: str) -> Path | None:
     return library if library.exists() else None
 
 
+def _cpp_extension():
+    """torch.utils.cpp_extension, imported without its import-time warning about guessing
+    CUDA_HOME on machines without a GPU (the CUDA build sets CUDA_HOME itself)."""
+    import logging
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.disabled = disabled
+    return cpp_extension
+
+
 def _compile(kind: str, verbose: bool, root: Path | None = None) -> Path:
-    from torch.utils import cpp_extension
+    cpp_extension = _cpp_extension()
 
     name, sources, extra, env = _build_spec(kind)
     build_dir = (cache_root() if root is None else Path(root)) / name

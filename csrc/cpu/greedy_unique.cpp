@@ -2,20 +2,22 @@
 // taken in order; row j is kept unless some kept earlier row i has
 // cosine(i, j) > threshold. The kept set equals the plain greedy loop's.
 //
-// Rows are decided a block at a time (memory stays O(N*D), never N x N):
-//   1. screen the block against every kept row of earlier blocks,
-//   2. screen the block against itself (pairs c < r),
-//   3. resolve the candidate pairs in row order, exactly.
-// Screening runs on 16-bit integer copies of the unit vectors (each row scaled
-// so its largest component is Q; Q chosen so a D-long int32 dot product can
-// not overflow). With e_i the exact quantisation-error norm of row i, the true
-// cosine differs from the integer estimate by at most e_i + e_j + 3 e_i e_j,
-// so a pair whose estimate plus that bound is <= threshold is settled without
-// further work; every other pair goes to step 3, which settles it from the
-// bound when it is decisive and otherwise from the float64 cosine of the
-// original rows. Integer multiply-adds (AVX2 vpmaddwd: 16 per instruction)
-// run at twice the float32 FMA rate, and the bound is tight (~1e-3 for
-// D = 512), so almost no pair needs step 3's float64 check.
+// Rows are decided a block at a time (extra memory O(N*D): two 16-bit copies
+// of the rows, never an N x N matrix):
+//   1. the block against every kept row of earlier blocks: any one pair over
+//      the threshold drops a row, so pairs are settled as they are found and
+//      a dropped row stops being compared;
+//   2. the block against itself (pairs c < r), settled in row order, since only
+//      a kept earlier row can drop a row.
+// Comparisons run on 16-bit integer copies of the unit vectors (each row scaled
+// so its largest component is Q; Q chosen so a D-long int32 dot product cannot
+// overflow). With e_i the exact quantisation-error norm of row i, the true
+// cosine differs from the integer estimate by at most e_i + e_j + 3 e_i e_j.
+// A pair whose estimate plus that bound is <= threshold is settled at once;
+// any other pair is settled from the bound when the bound is decisive, else
+// from the float64 cosine of the original rows. Integer multiply-adds (AVX2
+// vpmaddwd: 16 per instruction) outrun float32 FMAs, and the bound is tight
+// (~1e-3 for D = 512), so almost no pair needs the float64 check.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
