@@ -62,7 +62,7 @@ setup(
     packages=discover_packages(),
     package_data={
         "synfiqa": ["*.toml"],
-        "synfiqa_csrc": ["*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh", "cuda/*.cpp"],
+        "synfiqa_csrc": ["*.h", "*.cpp", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh", "cuda/*.h", "cuda/*.cpp"],
     },
     entry_points={
         "console_scripts": ["synfiqa = synfiqa_cli.main:cli"],
