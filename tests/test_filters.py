@@ -142,7 +142,8 @@ def test_yaw_filter_keeps_frontal_and_removes_turned_faces(context):
     half_iod = (frontal[1, 0] - frontal[0, 0]) / 2
     turned[2, 0] = (frontal[0, 0] + frontal[1, 0]) / 2 - half_iod * math.tan(math.radians(30))
     faceless = FaceSubject("nobody", problem="x.png: no face")
-    decisions = YawFilter().judge([subject_with_landmarks("a", frontal), subject_with_landmarks("b", turned), faceless],
+    # synthetic landmarks on blank crops: only the five-landmark model reads those
+    decisions = YawFilter(pose="landmark5-pose").judge([subject_with_landmarks("a", frontal), subject_with_landmarks("b", turned), faceless],
                                   context)
     assert decisions[0].keep and abs(decisions[0].value) < 3
     assert not decisions[1].keep and decisions[1].value == pytest.approx(30, abs=0.5)
