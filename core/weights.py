@@ -49,8 +49,24 @@ def search_roots(entry: AssetEntry, explicit: str | Path | None = None) -> list[
             roots.append((f"package {entry.package} (not installed)", Path("<not installed>")))
     torch_home = Path(os.environ.get("TORCH_HOME", "~/.cache/torch")).expanduser()
     roots.append(("torch hub cache", torch_home / "hub" / "checkpoints"))
+    roots.append(("torch cache (facenet-pytorch)", torch_home / "checkpoints"))
     hf_home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
-    roots.append(("Hugging Face cache", hf_home / "hub"))
+    hf_hub = Path(os.environ["HF_HUB_CACHE"]).expanduser() if os.environ.get("HF_HUB_CACHE") else hf_home / "hub"
+    if entry.hf_repo:
+        # the HF cache layout: models--ORG--NAME/snapshots/<revision>/; the revision that
+        # refs/main names first, then any other, newest first
+        repo_dir = hf_hub / ("models--" + entry.hf_repo.replace("/", "--"))
+        snapshots = repo_dir / "snapshots"
+        revisions = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True) if snapshots.is_dir() else []
+        main = repo_dir / "refs" / "main"
+        if main.is_file():
+            head = snapshots / main.read_text().strip()
+            revisions = [head] + [r for r in revisions if r != head]
+        for revision in revisions:
+            roots.append((f"Hugging Face cache ({entry.hf_repo}@{revision.name[:12]})", revision))
+        if not revisions:
+            roots.append((f"Hugging Face cache ({entry.hf_repo})", snapshots / "<revision>"))
+    roots.append(("Hugging Face cache", hf_hub))
     return roots
 
 

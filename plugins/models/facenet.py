@@ -1,0 +1,90 @@
+"""FaceNet InceptionResnetV1 with VGGFace2 weights (facenet-pytorch), the recognition model
+of the MR-FIQA paper. Never downloads: it loads the user's file, or the one facenet-pytorch
+left in the torch cache (`$TORCH_HOME/checkpoints/20180402-114759-vggface2.pt`).
+
+Input: uint8 RGB [N, 3, S, S] aligned crops, resized to `input_size` (bilinear) when that
+differs, then standardised as facenet-pytorch's fixed_image_standardization: (x - 127.5) / 128.
+`paper_input_quirk=True` reproduces the original MR-FIQA code, which fed the network [0, 1]
+images (x / 255) without that standardisation. Output: 512-d, L2-normalised.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from synfiqa import hookimpl
+from synfiqa.errors import CheckpointError
+from synfiqa.models import resolve_device
+
+# keys of the released file that the embedding does not use: the VGGFace2 classifier
+CLASSIFIER_KEYS = ("logits.weight", "logits.bias")
+
+
+def load_state_dict_strictly(model: torch.nn.Module, state_dict: dict, source: str, ignore=()) -> None:
+    """Load with every missing, unexpected or mis-shaped key named in one CheckpointError."""
+    from synfiqa_plugins.models.iresnet import _listing
+
+    state_dict = {k: v for k, v in state_dict.items() if k not in ignore}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
+                  for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"wrong shapes: {_listing(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict({k: state_dict.get(k, expected[k]) for k in expected}, strict=True)
+
+
+def build_facenet(path) -> torch.nn.Module:
+    from facenet_pytorch import InceptionResnetV1
+
+    from synfiqa_plugins.models.iresnet import read_state_dict
+
+    model = InceptionResnetV1(pretrained=None, classify=False)   # pretrained=None: no download
+    load_state_dict_strictly(model, read_state_dict(path), str(path), ignore=CLASSIFIER_KEYS)
+    return model.eval()
+
+
+class FaceNetEmbedder:
+    kind = "embedder"
+    dimension = 512
+
+    def __init__(self, path: str = "", device: str = "auto", input_size: int = 112,
+                 paper_input_quirk: bool = False, batch_size: int = 64):
+        from synfiqa.weights import locate
+
+        location = locate("facenet-vggface2", explicit=path or None)
+        self.path = next(iter(location.files.values()))
+        self.device = resolve_device(device)
+        self.model = build_facenet(self.path).to(self.device)
+        self.input_size = int(input_size)
+        self.paper_input_quirk = bool(paper_input_quirk)
+        self.batch_size = int(batch_size)
+
+    def preprocess(self, crops: torch.Tensor) -> torch.Tensor:
+        x = crops.to(self.device, torch.float32)
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if self.paper_input_quirk:
+            return x / 255.0
+        return (x - 127.5) / 128.0
+
+    @torch.no_grad()
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        if crops.dim() != 4 or crops.shape[1] != 3 or crops.dtype != torch.uint8:
+            raise ValueError(f"facenet takes uint8 [N, 3, H, W] aligned crops, got {crops.dtype} {tuple(crops.shape)}")
+        out = [self.model(self.preprocess(crops[i:i + self.batch_size])).float().cpu()
+               for i in range(0, crops.shape[0], self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.dimension)
+
+
+@hookimpl
+def register_models(register):
+    register("facenet-vggface2", FaceNetEmbedder)
