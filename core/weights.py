@@ -33,6 +33,14 @@ def asset_entry(name: str) -> AssetEntry:
     return assets[name]
 
 
+def hf_repos(entry: AssetEntry) -> tuple[str, ...]:
+    """The asset's Hugging Face repo ids: one, several (a renamed repo keeps its old cache
+    folder), or none."""
+    if not entry.hf_repo:
+        return ()
+    return (entry.hf_repo,) if isinstance(entry.hf_repo, str) else tuple(entry.hf_repo)
+
+
 def search_roots(entry: AssetEntry, explicit: str | Path | None = None) -> list[tuple[str, Path]]:
     roots: list[tuple[str, Path]] = []
     if explicit:
@@ -47,15 +55,17 @@ def search_roots(entry: AssetEntry, explicit: str | Path | None = None) -> list[
             roots.append((f"package {entry.package}", Path(list(spec.submodule_search_locations)[0])))
         else:
             roots.append((f"package {entry.package} (not installed)", Path("<not installed>")))
+    for folder in entry.cache_dirs:
+        roots.append(("tool cache", Path(os.path.expandvars(folder)).expanduser()))
     torch_home = Path(os.environ.get("TORCH_HOME", "~/.cache/torch")).expanduser()
     roots.append(("torch hub cache", torch_home / "hub" / "checkpoints"))
     roots.append(("torch cache (facenet-pytorch)", torch_home / "checkpoints"))
     hf_home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
     hf_hub = Path(os.environ["HF_HUB_CACHE"]).expanduser() if os.environ.get("HF_HUB_CACHE") else hf_home / "hub"
-    if entry.hf_repo:
+    for repo in hf_repos(entry):
         # the HF cache layout: models--ORG--NAME/snapshots/<revision>/; the revision that
         # refs/main names first, then any other, newest first
-        repo_dir = hf_hub / ("models--" + entry.hf_repo.replace("/", "--"))
+        repo_dir = hf_hub / ("models--" + repo.replace("/", "--"))
         snapshots = repo_dir / "snapshots"
         revisions = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True) if snapshots.is_dir() else []
         main = repo_dir / "refs" / "main"
@@ -63,9 +73,9 @@ def search_roots(entry: AssetEntry, explicit: str | Path | None = None) -> list[
             head = snapshots / main.read_text().strip()
             revisions = [head] + [r for r in revisions if r != head]
         for revision in revisions:
-            roots.append((f"Hugging Face cache ({entry.hf_repo}@{revision.name[:12]})", revision))
+            roots.append((f"Hugging Face cache ({repo}@{revision.name[:12]})", revision))
         if not revisions:
-            roots.append((f"Hugging Face cache ({entry.hf_repo})", snapshots / "<revision>"))
+            roots.append((f"Hugging Face cache ({repo})", snapshots / "<revision>"))
     roots.append(("Hugging Face cache", hf_hub))
     return roots
 

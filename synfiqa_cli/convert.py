@@ -42,4 +42,28 @@ def guided_diffusion(checkpoint, out, preset, overrides):
                f"use it with: --set generate.generator=ddpm --set generate.params.ddpm.model={written}")
 
 
+@convert.command("blip")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="The transformers folder to write (config.json, model.safetensors, tokenizer).")
+@click.option("--tokenizer", default="", help="A folder with the bert-base-uncased vocabulary "
+              "(default: the bert-base-uncased asset: synfiqa weights folders, Hugging Face cache).")
+@click.option("--vision-heads", type=int, default=None, help="Attention heads of the ViT (default: width / 64).")
+@click.option("--text-heads", type=int, default=None, help="Attention heads of the text encoder (default: width / 64).")
+def blip(checkpoint, out, tokenizer, vision_heads, text_heads):
+    """The original BLIP retrieval checkpoint (model_base_retrieval_coco.pth, salesforce/BLIP
+    key names) -> a BlipForImageTextRetrieval folder that the blip-itc model loads."""
+    from pathlib import Path
+
+    from synfiqa.errors import OutputConflictError
+    from synfiqa_plugins.models.blip import convert_original_checkpoint
+
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise OutputConflictError(f"{out} is not empty; choose a new folder for the converted model")
+    written = convert_original_checkpoint(checkpoint, target, tokenizer, vision_heads, text_heads)
+    click.echo(f"wrote {written} (transformers BlipForImageTextRetrieval + tokenizer); "
+               f"use it with: --set models.params.blip-itc.path={written}")
+
+
 COMMANDS = [convert]

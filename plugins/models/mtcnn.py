@@ -1,4 +1,8 @@
-"""MTCNN face detector with 5 landmarks (facenet-pytorch; its weights ship in the wheel)."""
+"""MTCNN face detector with 5 landmarks (facenet-pytorch; its weights ship in the wheel).
+
+MTCNN's min_face_size only sets where its image pyramid starts, so it still reports faces
+a little smaller; those are dropped here (too few pixels to align and recognise), so the
+parameter means what it says, as with YuNet."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,6 +30,8 @@ class MTCNNDetector:
             return []
         faces = []
         for box, prob, landmarks in zip(boxes, probs, points):
+            if min(box[2] - box[0], box[3] - box[1]) < self.min_face_size:
+                continue
             faces.append(DetectedFace(
                 box=np.array(np.asarray(box).tolist(), dtype=np.float64),
                 score=float(prob),

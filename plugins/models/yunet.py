@@ -6,7 +6,8 @@ mouth corners, then the score. The subject's right eye is on the image's left, s
 is already synfiqa's and MTCNN's (for an upright face: image-left eye, image-right eye,
 nose, image-left mouth corner, image-right mouth corner); the rows are passed on as they are.
 Large photos are shrunk to max_side before detection (YuNet's cost grows with the pixels)
-and the results mapped back to the photo's pixels.
+and the results mapped back to the photo's pixels. Faces whose box is narrower or shorter
+than min_face_size photo pixels are dropped, as MTCNN's min_face_size does.
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ class YuNetDetector:
         faces = []
         for row in np.asarray(rows, dtype=np.float64):
             x, y, w, h = row[:4] / scale
+            if min(w, h) < self.min_face_size:   # too few pixels to align and recognise
+                continue
             faces.append(DetectedFace(
                 box=np.array([x, y, x + w, y + h], dtype=np.float64),
                 score=float(row[14]),
