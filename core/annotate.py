@@ -1,16 +1,28 @@
 """Quality annotation, shared by `synfiqa build` and `synfiqa annotate`.
 
-`synfiqa annotate DATASET` scores any dataset in the SynFIQA layout (ours or another tool's):
-identity-scope annotators run per identity on the images as stored (their results are
-written per identity, atomically, so a killed run resumes), then the dataset-scope ones
-(sd ranks, the MR min-max) run once over every degraded sample.
+Two steps, the same in both commands:
+* per identity (`identity_scores`): the identity-scope annotators (fr, vl) score one
+  identity's degraded samples against its references;
+* dataset wide (`score_dataset`): the dataset-scope annotators (sd ranks, the MR min-max)
+  run once over every degraded sample; the result names the quality label and every
+  domain the label had to do without (each such score is marked partial).
+
+`synfiqa annotate DATASET` (`annotate_dataset`) scores any dataset in the SynFIQA layout,
+ours or another tool's, from the images as stored and the recorded intensities (our
+manifest.jsonl, or a CSV/JSON from the user). Each identity's per-identity results are
+written atomically to DATASET/.synfiqa/annotate/<identity>.json, so a killed run resumes;
+they are discarded when the models or identity-scope annotators change.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +36,38 @@ from synfiqa.errors import BadInputError, ConfigError, WeightsNotFoundError
 from synfiqa.images import read_rgb, write_text_atomic
 
 YAW_AXIS = "pose.abs_yaw"
+PREFERRED_LABEL = "mr"
+STORED_FORMAT = 2  # of .synfiqa/annotate/<identity>.json; a change invalidates stored results
 _REFERENCE = re.compile(r"^Ref-(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 _DEGRADED = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 
 
+# ---------------------------------------------------------------- the two steps, shared with the build
+
+
 def load_annotators(config: dict, context: RunContext) -> tuple[list, dict[str, str]]:
-    """The configured annotators, each prepared (models loaded) before any sample is touched.
-    An optional annotator whose weights are missing is reported unavailable instead."""
+    """The configured annotators, each prepared (models loaded) and its inputs checked
+    before any sample is touched. An optional annotator whose weights are missing is
+    reported unavailable (name -> why) instead."""
     annotators, unavailable = [], {}
     for name in config["annotate"]["chain"]:
         try:
             annotator = context.registry.create("annotator", name, **component_params(config, "annotate", name))
             if hasattr(annotator, "prepare"):
                 annotator.prepare(context)
-            annotators.append((name, annotator))
         except WeightsNotFoundError as error:
             if name not in config["annotate"]["optional"]:
                 raise
             unavailable[name] = str(error).splitlines()[0]
+            continue
+        provided = {key for _, earlier in annotators for key in earlier.provides}
+        needed = [key for key in getattr(annotator, "requires", ()) if key not in provided]
+        if needed:
+            why = (f" (annotator {needed[0]!r} is unavailable: {unavailable[needed[0]]})"
+                   if needed[0] in unavailable else "")
+            raise ConfigError(f"annotator {name!r} needs the {needed[0]!r} score: put an annotator providing it "
+                              f"before {name!r} in annotate.chain{why}")
+        annotators.append((name, annotator))
     return annotators, unavailable
 
 
@@ -63,7 +89,38 @@ def dataset_scores(annotators, table: SampleTable, context) -> dict[str, np.ndar
     return table.scores
 
 
-# ---------------------------------------------------------------- annotating a dataset on disk
+@dataclass
+class DatasetScores:
+    scores: dict[str, np.ndarray]   # every score of every degraded sample, in table order
+    label: str | None               # the score written to Quality-Scores.txt
+    missing: dict[str, str]         # domain -> why the label was computed without it
+
+    @property
+    def partial(self) -> list[str]:
+        """The note each sample's scores carry when a domain was missing."""
+        return [f"computed without {domain}" for domain in sorted(self.missing)]
+
+    def summary_lines(self) -> list[str]:
+        return [f"  {self.label or 'the score'} computed without {domain} ({why}); every score is marked "
+                f"'computed without {domain}'" for domain, why in sorted(self.missing.items())]
+
+
+def score_dataset(annotators, unavailable: dict[str, str], table: SampleTable, context) -> DatasetScores:
+    """The dataset-wide step of `build` and `annotate`: ranks, the MR combination, and the
+    account of what it lacked. The label is the MR score when the chain makes one, else the
+    last score the chain produced."""
+    dataset_scores(annotators, table, context)
+    missing = dict(unavailable)
+    for _, annotator in annotators:
+        if hasattr(annotator, "missing_domains") and len(table):  # an empty dataset lacks nothing
+            for domain in annotator.missing_domains(table):
+                missing.setdefault(domain, "not in annotate.chain")
+    produced = [key for _, annotator in annotators for key in annotator.provides if key in table.scores]
+    label = PREFERRED_LABEL if PREFERRED_LABEL in table.scores else (produced[-1] if produced else None)
+    return DatasetScores(table.scores, label, missing)
+
+
+# ---------------------------------------------------------------- a dataset on disk
 
 
 def scan_dataset(root: Path) -> dict[str, dict[str, list[str]]]:
@@ -77,14 +134,22 @@ def scan_dataset(root: Path) -> dict[str, dict[str, list[str]]]:
         references = sorted((n for n in names if _REFERENCE.match(n)), key=lambda n: int(_REFERENCE.match(n)[1]))
         degraded = sorted((n for n in names if _DEGRADED.match(n)), key=lambda n: int(_DEGRADED.match(n)[1]))
         layout[folder.name] = {"references": references, "degraded": degraded}
-    if not layout:
-        raise BadInputError("not-a-dataset", f"{root / 'data'} holds no identity folders")
+    if not any(files["degraded"] for files in layout.values()):
+        raise BadInputError("not-a-dataset", f"{data} holds no degraded samples (data/<identity>/<k>.jpg)")
     return layout
 
 
-def read_intensities(root: Path, source: Path | None) -> tuple[dict[str, dict[str, float]], list[str] | None]:
+def sample_key(path: str) -> str:
+    """"data/<id>/<k>.jpg", "/<id>/<k>.jpg", "<id>/<k>.jpg" or an absolute path -> "/<id>/<k>.jpg"."""
+    parts = Path(str(path).replace("\\", "/")).parts
+    if len(parts) < 2:
+        raise ConfigError(f"sample path {path!r} does not name <identity>/<file>")
+    return quality_key(parts[-2], parts[-1])
+
+
+def read_intensities(root: Path, source: Path | None, registry) -> tuple[dict[str, dict[str, float]], list[str] | None]:
     """Recorded intensities keyed by "/<identity>/<file>", and the severity axes when the
-    source says which they are (our own summary.json does)."""
+    source says which they are (our own build does: summary.json, else its config.toml)."""
     if source is None:
         manifest = root / "manifest.jsonl"
         if not manifest.is_file():
@@ -93,47 +158,222 @@ def read_intensities(root: Path, source: Path | None) -> tuple[dict[str, dict[st
         for line in manifest.read_text().splitlines():
             row = json.loads(line)
             if row.get("role") == "degraded" and row.get("status") == "ok":
-                table[quality_key(row["identity"], Path(row["path"]).name)] = row["params"]
-        axes = None
-        summary = root / "summary.json"
-        if summary.is_file():
-            axes = [a for a in json.loads(summary.read_text()).get("severity_axes", []) if a != YAW_AXIS]
-        return table, axes
-    source = Path(source)
+                table[sample_key(row["path"])] = row["params"]
+        return table, _recorded_axes(root, registry)
     if not source.is_file():
         raise ConfigError(f"intensities file {str(source)!r} does not exist")
     if source.suffix.lower() == ".json":
-        payload = json.loads(source.read_text())
-        rows = payload if isinstance(payload, list) else [{"path": k, **v} for k, v in payload.items()]
+        try:
+            payload = json.loads(source.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{source} is not valid JSON: {error}") from None
+        if isinstance(payload, dict):
+            payload = [{"path": key, **values} for key, values in payload.items()]
+        rows = list(payload)
     else:
         with open(source, newline="") as handle:
             rows = list(csv.DictReader(handle))
     table = {}
-    for number, row in enumerate(rows, start=2):
-        if "path" not in row:
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or "path" not in row:
             raise ConfigError(f"{source}: every row needs a 'path' column (row {number})")
-        key = "/" + str(row["path"]).removeprefix("data/").lstrip("/")
+        key = sample_key(row["path"])
+        if key in table:
+            raise ConfigError(f"{source}: {key} appears twice (row {number})")
         try:
-            table[key] = {k: float(v) for k, v in row.items() if k != "path"}
+            table[key] = {column: float(value) for column, value in row.items() if column != "path"}
         except (TypeError, ValueError):
             raise ConfigError(f"{source}: row {number} has a value that is not a number: {row}") from None
     return table, None
 
 
+def _recorded_axes(root: Path, registry) -> list[str] | None:
+    summary = root / "summary.json"
+    if summary.is_file():
+        axes = json.loads(summary.read_text()).get("severity_axes")
+        if axes is not None:
+            return [axis for axis in axes if axis != YAW_AXIS]
+    config_file = root / "config.toml"
+    if config_file.is_file():
+        from synfiqa.config import load_config
+        from synfiqa.degradation import ChainStep, DegradationChain
+
+        config = load_config(config_file)
+        chain = DegradationChain([ChainStep(name, registry.create("degradation", name,
+                                                                   **component_params(config, "degrade", name)))
+                                  for name in config["degrade"]["chain"]])
+        return chain.severity_axes
+    return None
+
+
+def annotation_fingerprint(config: dict, annotators) -> str:
+    """A hash of what the stored per-identity results depend on: the models and the
+    identity-scope annotators with their parameters."""
+    identity_scope = [(name, component_params(config, "annotate", name)) for name, a in annotators
+                      if a.scope == "identity"]
+    basis = {"format": STORED_FORMAT, "annotators": identity_scope, "models": config["models"]}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def annotate_dataset(config: dict, root: str | Path, *, intensities: str | Path | None = None,
                      axes: list[str] | None = None, registry=None, echo=print, progress: bool | None = None) -> dict:
+    """Score every degraded sample of the dataset in `root`; writes Quality-Scores.txt,
+    annotations.jsonl (one row per degraded sample: scores, partial notes, or why it was
+    skipped) and annotation-summary.json. Returns that summary."""
     from synfiqa.registry import get_registry
 
+    started = time.perf_counter()
     root = Path(root)
+    registry = registry or get_registry()
     layout = scan_dataset(root)
-    recorded, recorded_axes = read_intensities(root, Path(intensities) if intensities else None)
+    recorded, recorded_axes = read_intensities(root, Path(intensities) if intensities else None, registry)
     severity_axes = list(axes) if axes else recorded_axes
-    if severity_axes is None:  # a user file: every column but yaw is a severity axis
+    if severity_axes is None:
+        if intensities is None:
+            raise ConfigError(f"{root} has neither summary.json nor config.toml to say which recorded parameters "
+                              "are severity axes; name them with --axis")
+        # a user's file: every column but yaw is a severity axis
         severity_axes = sorted({k for params in recorded.values() for k in params} - {YAW_AXIS})
-    context = RunContext(config, registry or get_registry())
+    context = RunContext(config, registry)
     annotators, unavailable = load_annotators(config, context)
-    needs_yaw = any(name == "sd" and getattr(a, "include_yaw", False) for name, a in annotators)
-    required = severity_axes + ([YAW_AXIS] if needs_yaw else [])
+    if not any(a.provides for _, a in annotators):
+        raise ConfigError("annotate.chain holds no available annotator: nothing to score")
+    _check_intensities(layout, recorded, severity_axes, annotators)
+
+    work = root / ".synfiqa" / "annotate"
+    work.mkdir(parents=True, exist_ok=True)
+    fingerprint = annotation_fingerprint(config, annotators)
+    state = work / "state.json"
+    previous = json.loads(state.read_text()).get("fingerprint") if state.is_file() else None
+    stale = [p for p in work.glob("*.json") if p != state]
+    if previous != fingerprint and stale:
+        for path in stale:
+            path.unlink()
+        echo(f"annotate: the models or annotators changed since the last run; {len(stale)} stored identities redone")
+    write_text_atomic(state, json.dumps({"fingerprint": fingerprint}) + "\n")
+
+    todo = [i for i in layout if not _stored_result_is_current(work / f"{i}.json", layout[i])]
+    echo(f"annotate: {len(layout)} identities ({len(layout) - len(todo)} already annotated)")
+    bar = _progress(sum(len(layout[i]["degraded"]) for i in todo), progress)
+    scored_now, loop_started = 0, time.perf_counter()
+    for identity in todo:
+        result = annotate_identity_folder(root / "data" / identity, layout[identity], annotators, context,
+                                          config["run"]["image_size"])
+        write_text_atomic(work / f"{identity}.json", json.dumps(result, sort_keys=True) + "\n")
+        scored_now += len(result["scores"])
+        if bar is not None:
+            bar.update(len(layout[identity]["degraded"]))
+    if bar is not None:
+        bar.close()
+    per_identity_seconds = time.perf_counter() - loop_started
+
+    keys, params, rows, skipped, references_skipped = [], [], [], {}, {}
+    for identity, files in layout.items():
+        stored = json.loads((work / f"{identity}.json").read_text())
+        references_skipped.update({quality_key(identity, name): why
+                                   for name, why in stored["references_skipped"].items()})
+        for name in files["degraded"]:
+            key = quality_key(identity, name)
+            if name in stored["skipped"]:
+                skipped[key] = stored["skipped"][name]
+                continue
+            keys.append(key)
+            params.append(recorded.get(key, {}))
+            rows.append(stored["scores"][name])
+    if not keys:
+        raise BadInputError("no-usable-sample", f"no degraded sample of {root} could be scored: "
+                            + ", ".join(f"{n} {r}" for r, n in Counter(s["reason"] for s in skipped.values()).items()))
+    table = SampleTable(paths=keys, params=params, scores={k: np.array([r[k] for r in rows]) for k in rows[0]},
+                        severity_axes=severity_axes, unavailable=set(unavailable))
+    result = score_dataset(annotators, unavailable, table, context)
+
+    quality = {key: float(result.scores[result.label][i]) for i, key in enumerate(keys)}
+    write_text_atomic(root / "Quality-Scores.txt",
+                      "".join(f"{key}\t{value:.6f}\n" for key, value in sorted(quality.items())))
+    annotation_rows = [{"path": key, "role": "degraded", "status": "ok",
+                        "scores": {k: float(v[i]) for k, v in result.scores.items()},
+                        **({"partial": result.partial} if result.missing else {})} for i, key in enumerate(keys)]
+    annotation_rows += [{"path": key, "role": "degraded", "status": "skipped", **why} for key, why in skipped.items()]
+    annotation_rows += [{"path": key, "role": "reference", "status": "skipped", **why}
+                        for key, why in references_skipped.items()]
+    annotation_rows.sort(key=lambda row: row["path"])
+    write_text_atomic(root / "annotations.jsonl",
+                      "".join(json.dumps(row, sort_keys=True) + "\n" for row in annotation_rows))
+    reasons = dict(sorted(Counter(s["reason"] for s in skipped.values()).items()))
+    seconds = time.perf_counter() - started
+    summary = {"identities": len(layout), "samples": len(keys), "skipped": reasons,
+               "references_skipped": len(references_skipped), "label": result.label,
+               "severity_axes": ([YAW_AXIS] if _needs_yaw(annotators) else []) + list(severity_axes),
+               "missing_domains": result.missing, "samples_scored_now": scored_now,
+               "seconds": round(seconds, 3), "per_identity_seconds": round(per_identity_seconds, 3)}
+    write_text_atomic(root / "annotation-summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    for line in result.summary_lines():
+        echo(line)
+    skipped_text = f", {len(skipped)} skipped ({', '.join(f'{n} {r}' for r, n in reasons.items())})" if skipped else ""
+    rate = f", {scored_now / per_identity_seconds:.1f} samples/s" if scored_now else ""
+    echo(f"annotate: {len(keys)} samples of {len(layout)} identities scored{skipped_text} in {seconds:.1f} s{rate}")
+    echo(f"wrote {root / 'Quality-Scores.txt'} ({len(quality)} scores, {result.label}) and annotations.jsonl")
+    return summary
+
+
+def annotate_identity_folder(folder: Path, files: dict[str, list[str]], annotators, context, image_size: int) -> dict:
+    """{"scores": {file: {score: value}}, "skipped": {file: {"reason", "detail"}}} for one
+    identity; an unreadable or wrongly sized image is skipped with its reason, not fatal."""
+    skipped: dict[str, dict] = {}
+    references = _read_images(folder, files["references"], image_size, skipped)
+    samples = _read_images(folder, files["degraded"], image_size, skipped)
+    degraded_skipped = {name: why for name, why in skipped.items() if _DEGRADED.match(name)}
+    references_skipped = {name: why for name, why in skipped.items() if _REFERENCE.match(name)}
+    if not samples:
+        return {"scores": {}, "skipped": degraded_skipped, "references_skipped": references_skipped}
+    if not references:
+        why = ("every reference image was unreadable" if files["references"] else "the identity has no Ref-<k> image")
+        degraded_skipped.update({name: {"reason": "no-reference", "detail": f"{folder.name}: {why}"}
+                                 for name in samples})
+        return {"scores": {}, "skipped": degraded_skipped, "references_skipped": references_skipped}
+    names = list(samples)
+    scores = identity_scores(annotators, _stack(samples.values()), _stack(references.values()), context)
+    return {"scores": {name: {key: values[i] for key, values in scores.items()} for i, name in enumerate(names)},
+            "skipped": degraded_skipped, "references_skipped": references_skipped}
+
+
+def _stored_result_is_current(path: Path, files: dict[str, list[str]]) -> bool:
+    """A stored identity counts as done when it covers exactly the identity's degraded files
+    (a file added or removed since then makes the identity be redone)."""
+    if not path.is_file():
+        return False
+    stored = json.loads(path.read_text())
+    return set(stored["scores"]) | set(stored["skipped"]) == set(files["degraded"])
+
+
+def _read_images(folder: Path, names: list[str], size: int, skipped: dict) -> dict[str, np.ndarray]:
+    images = {}
+    for name in names:
+        try:
+            image = read_rgb(folder / name)
+            if image.shape[:2] != (size, size):
+                raise BadInputError("wrong-size", f"{folder.name}/{name}: {image.shape[1]}x{image.shape[0]} pixels, "
+                                    f"not the {size}x{size} aligned crop the SynFIQA layout holds")
+            images[name] = image
+        except BadInputError as error:
+            skipped[name] = {"reason": error.reason, "detail": str(error)}
+    return images
+
+
+def _stack(arrays) -> torch.Tensor:
+    return torch.from_numpy(np.stack(list(arrays))).permute(0, 3, 1, 2).contiguous()
+
+
+def _needs_yaw(annotators) -> bool:
+    return any(getattr(annotator, "include_yaw", False) for _, annotator in annotators)
+
+
+def _check_intensities(layout, recorded, severity_axes, annotators) -> None:
+    """Every degraded sample needs a row, and every row every intensity sd ranks: a missing
+    one is an error that names it, before any sample is scored."""
+    if not any(a.scope == "dataset" for _, a in annotators):
+        return
+    required = list(severity_axes) + ([YAW_AXIS] if _needs_yaw(annotators) and YAW_AXIS not in severity_axes else [])
     for identity, files in layout.items():
         for name in files["degraded"]:
             params = recorded.get(quality_key(identity, name))
@@ -144,62 +384,13 @@ def annotate_dataset(config: dict, root: str | Path, *, intensities: str | Path 
                 raise ConfigError(f"recorded intensities lack the column {missing[0]!r} (for /{identity}/{name})"
                                   + ("; set annotate.params.sd.include_yaw=false if yaw was not recorded"
                                      if missing[0] == YAW_AXIS else ""))
-    work = root / ".synfiqa" / "annotate"
-    work.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in layout if not (work / f"{i}.json").is_file()]
-    echo(f"annotate: {len(layout)} identities ({len(layout) - len(todo)} already annotated)")
-    for identity in _progress(todo, progress):
-        files = layout[identity]
-        if not files["degraded"]:
-            write_text_atomic(work / f"{identity}.json", json.dumps({}) + "\n")
-            continue
-        if not files["references"]:
-            raise BadInputError("no-reference", f"identity {identity!r} has degraded samples but no Ref-<k> image")
-        references = _load_batch(root / "data" / identity, files["references"])
-        samples = _load_batch(root / "data" / identity, files["degraded"])
-        scores = identity_scores(annotators, samples, references, context)
-        per_sample = {name: {key: values[i] for key, values in scores.items()} for i, name in enumerate(files["degraded"])}
-        write_text_atomic(work / f"{identity}.json", json.dumps(per_sample, sort_keys=True) + "\n")
-    keys, params, rows = [], [], []
-    for identity, files in layout.items():
-        stored = json.loads((work / f"{identity}.json").read_text())
-        for name in files["degraded"]:
-            keys.append(quality_key(identity, name))
-            params.append(recorded[quality_key(identity, name)])
-            rows.append(stored[name])
-    table = SampleTable(paths=keys, params=params,
-                        scores={k: np.array([r[k] for r in rows]) for k in (rows[0] if rows else {})},
-                        severity_axes=severity_axes, unavailable=set(unavailable))
-    scores = dataset_scores(annotators, table, context)
-    final = "mr" if "mr" in scores else (list(scores)[-1] if scores else None)
-    if final is None:
-        raise ConfigError("the annotator chain produced no score")
-    quality = {key: float(scores[final][i]) for i, key in enumerate(keys)}
-    lines = "".join(f"{key}\t{value:.6f}\n" for key, value in sorted(quality.items()))
-    write_text_atomic(root / "Quality-Scores.txt", lines)
-    annotations = "".join(json.dumps({"path": key, "scores": {k: float(v[i]) for k, v in scores.items()},
-                                      "partial": [f"computed without {n}" for n in sorted(unavailable)]},
-                                     sort_keys=True) + "\n" for i, key in enumerate(keys))
-    write_text_atomic(root / "annotations.jsonl", annotations)
-    for name, why in unavailable.items():
-        echo(f"  annotator {name!r} unavailable ({why}); every score is marked 'computed without {name}'")
-    echo(f"wrote {root / 'Quality-Scores.txt'} ({len(quality)} scores, {final}) and annotations.jsonl")
-    return {"samples": len(keys), "identities": len(layout), "score": final, "unavailable": unavailable}
 
 
-def _load_batch(folder: Path, names: list[str]) -> torch.Tensor:
-    arrays = [read_rgb(folder / name) for name in names]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise BadInputError("mixed-sizes", f"{folder}: images of different sizes {sorted(shapes)}; align them first")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def _progress(items, enabled):
+def _progress(total: int, enabled: bool | None):
     if enabled is None:
         enabled = sys.stderr.isatty()
-    if not enabled:
-        return items
+    if not enabled or not total:
+        return None
     from tqdm import tqdm
 
-    return tqdm(items, desc="annotate", unit="id", file=sys.stderr)
+    return tqdm(total=total, desc="annotate", unit="sample", file=sys.stderr)

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform
-from synfiqa.annotate import dataset_scores, identity_scores, load_annotators
+from synfiqa.annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml
 from synfiqa.context import RunContext
@@ -29,9 +29,6 @@ from synfiqa.filtering import filter_for_build
 from synfiqa.images import encode_jpeg, write_atomic
 from synfiqa.models import pick_main_face
 from synfiqa.registry import Registry, get_registry
-
-QUALITY_SCORE = "mr"
-
 
 @dataclass
 class AlignedPhoto:
@@ -161,18 +158,17 @@ class Pipeline:
             severity_axes=self.chain.severity_axes,
             unavailable=set(self.unavailable),
         )
-        dataset_scores(self.annotators, table, self.context)
-        partial = sorted(self.unavailable)
+        annotated = score_dataset(self.annotators, self.unavailable, table, self.context)
         for i, row in enumerate(degraded):
             row["scores"] = {key: float(values[i]) for key, values in table.scores.items()}
-            if partial:
-                row["partial"] = [f"computed without {name}" for name in partial]
+            if annotated.missing:
+                row["partial"] = annotated.partial
         for row in rows:
             row["plugins"] = self.plugins
         quality = {}
-        if QUALITY_SCORE in table.scores:
+        if annotated.label is not None:
             for row in degraded:
-                quality[quality_key(row["identity"], Path(row["path"]).name)] = row["scores"][QUALITY_SCORE]
+                quality[quality_key(row["identity"], Path(row["path"]).name)] = row["scores"][annotated.label]
         skipped = Counter(row["reason"] for row in rows if row["status"] == "skipped")
         summary = {
             "identities": len(records),
@@ -181,7 +177,8 @@ class Pipeline:
             "degraded": len(degraded),
             "photos_skipped": dict(sorted(skipped.items())),
             "unavailable_annotators": self.unavailable,
-            "quality_score": QUALITY_SCORE,
+            "quality_score": annotated.label,
+            "missing_domains": annotated.missing,
             "severity_axes": ["pose.abs_yaw", *self.chain.severity_axes],
         }
         return rows, quality, summary
@@ -224,7 +221,8 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     records = [dataset.read_record(identity.name) for identity in identities]
     rows, quality, summary = pipeline.finalize(records)
     dataset.write_outputs(rows, quality, summary)
-    for line in stage_summary(config, summary, getattr(pipeline.generator, "skipped_files", []), pipeline.unavailable):
+    for line in stage_summary(config, summary, getattr(pipeline.generator, "skipped_files", []),
+                              summary["missing_domains"]):
         echo(line)
     echo(f"wrote {Path(out) / 'Quality-Scores.txt'} ({len(quality)} scores) and manifest.jsonl")
     return summary

@@ -1,6 +1,8 @@
 """`synfiqa annotate`: MR-FIQA quality labels for a dataset in the SynFIQA layout."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from synfiqa_cli.main import config_options, resolve_config
@@ -9,18 +11,26 @@ from synfiqa_cli.main import config_options, resolve_config
 @click.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--intensities", type=click.Path(dir_okay=False),
-              help="CSV or JSON of recorded intensities (a 'path' column plus one column per intensity); "
-                   "default: the dataset's manifest.jsonl.")
+              help="CSV or JSON of recorded intensities: a 'path' column (data/<id>/<k>.jpg) plus one column "
+                   "per intensity. Default: the dataset's manifest.jsonl (a synfiqa build).")
 @click.option("--axis", "axes", multiple=True,
-              help="A severity axis to rank (repeatable); default: every recorded column but pose.abs_yaw.")
-@click.option("--progress/--no-progress", default=None)
+              help="A severity axis to rank in sd (repeatable). Default: the axes the build declared, or every "
+                   "column of --intensities but path and pose.abs_yaw.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
 @config_options
 def annotate(dataset, intensities, axes, progress, config_path, overrides):
-    """Score every degraded sample of DATASET: writes Quality-Scores.txt and annotations.jsonl.
+    """Score every degraded sample of DATASET: writes Quality-Scores.txt (keyed by image
+    path), annotations.jsonl and annotation-summary.json.
 
-    Resumable: identities already annotated (DATASET/.synfiqa/annotate/) are not redone."""
+    The models and annotators come from --config, else from DATASET/config.toml when the
+    dataset is a synfiqa build (so the build's scores are reproduced), else the defaults.
+    Resumable: identities already annotated (DATASET/.synfiqa/annotate/) are not redone
+    unless the models or annotators changed."""
     from synfiqa.annotate import annotate_dataset
 
+    if config_path is None and (Path(dataset) / "config.toml").is_file():
+        config_path = Path(dataset) / "config.toml"
+        click.echo(f"annotate: models and annotators from {config_path}")
     config = resolve_config(config_path, overrides)
     annotate_dataset(config, dataset, intensities=intensities, axes=list(axes) or None,
                      echo=click.echo, progress=progress)

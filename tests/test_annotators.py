@@ -87,3 +87,153 @@ def test_a_required_domain_with_missing_weights_stops_before_any_sample(tmp_path
     assert result.exit_code == 2
     assert "blip-itm-base-coco" in result.output and "Searched" in result.output
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- the annotators one by one
+
+
+class FakeEmbedder:
+    """Embeds a crop as (mean of channel 0, mean of channel 1) scaled by its channel-2 mean,
+    so two crops can point the same way with different norms; records the batch sizes."""
+
+    def __init__(self):
+        self.batches = []
+
+    def embed(self, crops):
+        self.batches.append(len(crops))
+        x = crops.to(torch.float64).mean(dim=(2, 3))
+        return x[:, :2] * x[:, 2:3]
+
+
+def fake_context(embedder=None, batch_size=64, vision_language=None):
+    from types import SimpleNamespace
+
+    models = {"embedder": embedder, "vision-language": vision_language}
+    return SimpleNamespace(config={"run": {"batch_size": batch_size}}, model=lambda kind: models[kind])
+
+
+def crops_from(rows):
+    """uint8 [N, 3, 4, 4] crops with the given per-channel values."""
+    return torch.tensor(rows, dtype=torch.uint8)[:, :, None, None].expand(-1, -1, 4, 4).contiguous()
+
+
+def test_fr_is_the_cosine_to_the_mean_of_unit_reference_embeddings():
+    from synfiqa_plugins.annotators.recognition import RecognitionAnnotator
+
+    # references embed to (1, 0) * 100 and (0, 1) * 1: the mean of the unit vectors is
+    # (0.5, 0.5), 45 degrees; the mean of the raw vectors would point almost along x.
+    references = crops_from([[10, 0, 10], [0, 1, 1]])
+    samples = crops_from([[1, 1, 1], [1, 0, 1], [3, 1, 2]])
+    embedder = FakeEmbedder()
+    fr = RecognitionAnnotator().annotate_identity(samples, references, fake_context(embedder, batch_size=2))["fr"]
+    expected = torch.tensor([1.0, np.cos(np.pi / 4), (3 + 1) / (np.sqrt(10) * np.sqrt(2))], dtype=torch.float64)
+    assert fr.dtype == torch.float64
+    assert torch.allclose(fr, expected, atol=1e-12)
+    assert max(embedder.batches) <= 2  # embedded run.batch_size crops at a time
+
+
+def test_fr_goes_through_the_ref_cosine_op(monkeypatch):
+    import synfiqa.ops
+    from synfiqa_plugins.annotators.recognition import RecognitionAnnotator
+
+    calls = []
+    real = synfiqa.ops.ref_cosine
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synfiqa.ops, "ref_cosine", spy)
+    samples = crops_from([[1, 2, 3], [4, 5, 6]])
+    fr = RecognitionAnnotator().annotate_identity(samples, samples, fake_context(FakeEmbedder()))["fr"]
+    assert len(calls) == 1 and fr.shape == (2,)
+
+
+def sample_table(params, severity_axes, scores=None):
+    from synfiqa.annotation import SampleTable
+
+    return SampleTable(paths=[f"/id/{i}.jpg" for i in range(len(params))], params=params,
+                       scores=dict(scores or {}), severity_axes=severity_axes)
+
+
+def test_sd_ranks_yaw_and_every_declared_axis_over_the_whole_table():
+    from synfiqa_plugins.annotators.spatial import SpatialAnnotator
+
+    params = [{"pose.abs_yaw": 5.0, "a.blur": 1.0, "b.noise": 0.3, "a.theta": 9.0},
+              {"pose.abs_yaw": 1.0, "a.blur": 4.0, "b.noise": 0.1, "a.theta": 0.0},
+              {"pose.abs_yaw": 1.0, "a.blur": 1.0, "b.noise": 0.2, "a.theta": 5.0},
+              {"pose.abs_yaw": 2.0, "a.blur": 2.0, "b.noise": 0.0, "a.theta": 1.0}]
+    table = sample_table(params, ["a.blur", "b.noise", "pose.abs_yaw"])
+    sd = SpatialAnnotator().annotate_dataset(table, None)["sd"]
+    # yaw ranks [4, 1.5, 1.5, 3], blur [1.5, 4, 1.5, 3], noise [4, 2, 3, 1]; r = (4 - rank) / 4;
+    # theta is recorded but not a severity axis, so it is not ranked.
+    assert np.allclose(sd, [0.0, 0.0, 0.25, 0.25])
+    no_yaw = SpatialAnnotator(include_yaw=False).annotate_dataset(sample_table(params, ["a.blur"]), None)["sd"]
+    assert np.allclose(no_yaw, [0.625, 0.0, 0.625, 0.25])
+
+
+def test_sd_names_a_missing_axis():
+    from synfiqa.errors import ConfigError
+    from synfiqa_plugins.annotators.spatial import SpatialAnnotator
+
+    table = sample_table([{"pose.abs_yaw": 1.0}, {"pose.abs_yaw": 2.0, "a.blur": 1.0}], ["a.blur"])
+    with pytest.raises(ConfigError, match="'a.blur' is missing for 1 samples, e.g. /id/0.jpg"):
+        SpatialAnnotator().annotate_dataset(table, None)
+    with pytest.raises(ConfigError, match="no severity axis"):
+        SpatialAnnotator(include_yaw=False).annotate_dataset(sample_table([{}], []), None)
+
+
+def test_vl_scores_each_sample_against_the_reference_prompt():
+    from synfiqa_plugins.annotators.vision_language import REFERENCE_PROMPT, VisionLanguageAnnotator
+
+    seen = []
+
+    class Model:
+        def image_text_similarity(self, crops, texts):
+            seen.append(list(texts))
+            return crops.to(torch.float64).mean(dim=(1, 2, 3)) / 255
+
+    samples = crops_from([[255, 255, 255], [0, 0, 51]])
+    vl = VisionLanguageAnnotator().annotate_identity(samples, samples, fake_context(vision_language=Model()))["vl"]
+    assert torch.allclose(vl, torch.tensor([1.0, 1 / 15], dtype=torch.float64))
+    assert seen == [[REFERENCE_PROMPT] * 2]
+    assert REFERENCE_PROMPT == ("a high-resolution clear frontal face image with natural expression under good "
+                                "lighting condition without any occlusion")
+
+
+def test_mr_says_which_domain_it_lacked_and_refuses_an_undefined_score():
+    from synfiqa.annotate import score_dataset
+    from synfiqa.errors import ConfigError
+    from synfiqa_plugins.annotators.combined import MultiReferenceAnnotator
+    from synfiqa_plugins.annotators.spatial import SpatialAnnotator
+
+    params = [{"pose.abs_yaw": float(i)} for i in range(3)]
+    fr = np.array([0.9, 0.2, 0.5])
+    chain = [("sd", SpatialAnnotator()), ("mr", MultiReferenceAnnotator(lam=2.0))]
+    result = score_dataset(chain, {}, sample_table(params, [], {"fr": fr}), None)
+    raw = fr + 2.0 * np.array([2 / 3, 1 / 3, 0.0])
+    assert np.allclose(result.scores["mr"], (raw - raw.min()) / (raw.max() - raw.min()))
+    assert result.label == "mr"
+    assert result.missing == {"vl": "not in annotate.chain"} and result.partial == ["computed without vl"]
+    unavailable = score_dataset(chain, {"vl": "model asset 'blip' not found"},
+                                sample_table(params, [], {"fr": fr}), None)
+    assert unavailable.missing == {"vl": "model asset 'blip' not found"}
+    complete = score_dataset(chain, {}, sample_table(params, [], {"fr": fr, "vl": np.array([0.1, 0.2, 0.3])}), None)
+    assert complete.missing == {} and complete.partial == []
+    with pytest.raises(ConfigError, match="undefined at vl >= 1"):
+        score_dataset(chain, {}, sample_table(params, [], {"fr": fr, "vl": np.array([0.1, 1.0, 0.3])}), None)
+    for lam in (-1, float("nan"), "0.5", True):
+        with pytest.raises(ConfigError, match="lam"):
+            MultiReferenceAnnotator(lam=lam)
+
+
+def test_an_mr_chain_without_fr_fails_before_any_sample(tmp_path):
+    from click.testing import CliRunner
+
+    from synfiqa_cli.main import cli
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["build", "--out", str(out), "--set", 'annotate.chain=["sd", "mr"]'])
+    assert result.exit_code == 2
+    assert "annotator 'mr' needs the 'fr' score" in result.output
+    assert not (out / "data").exists()

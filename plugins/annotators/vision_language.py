@@ -1,8 +1,13 @@
-"""vl: the vision-language domain of the MR score (BLIP image-text similarity)."""
+"""vl: the vision-language domain of the MR score (ALGORITHMS.md section 5): BLIP ITC
+similarity between each degraded sample and the reference prompt, through the configured
+vision-language model (models.vision_language; BLIP resizes to 384x384 bicubic itself)."""
 from __future__ import annotations
+
+import torch
 
 from synfiqa import hookimpl
 from synfiqa.annotation import Annotator
+from synfiqa.errors import ConfigError
 
 REFERENCE_PROMPT = (
     "a high-resolution clear frontal face image with natural expression under good lighting condition "
@@ -11,12 +16,14 @@ REFERENCE_PROMPT = (
 
 
 class VisionLanguageAnnotator(Annotator):
-    """BLIP ITC similarity between each degraded sample and the reference prompt."""
+    """Similarity of each degraded sample to the reference prompt."""
 
     scope = "identity"
     provides = ("vl",)
 
     def __init__(self, prompt: str = REFERENCE_PROMPT):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(f"vl: prompt must be a non-empty string, got {prompt!r}")
         self.prompt = prompt
 
     def prepare(self, context):
@@ -25,7 +32,10 @@ class VisionLanguageAnnotator(Annotator):
 
     def annotate_identity(self, samples, references, context):
         model = context.model("vision-language")
-        return {"vl": model.image_text_similarity(samples, [self.prompt] * len(samples))}
+        vl = torch.as_tensor(model.image_text_similarity(samples, [self.prompt] * len(samples)), dtype=torch.float64)
+        if vl.shape != (len(samples),):
+            raise ValueError(f"the vision-language model returned shape {tuple(vl.shape)} for {len(samples)} samples")
+        return {"vl": vl.cpu()}
 
 
 @hookimpl
