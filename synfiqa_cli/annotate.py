@@ -28,7 +28,8 @@ def annotate(dataset, intensities, axes, progress, config_path, overrides):
     unless the models or annotators changed."""
     from synfiqa.annotate import annotate_dataset
 
-    if config_path is None and (Path(dataset) / "config.toml").is_file():
+    ours = (Path(dataset) / ".synfiqa" / "build.json").is_file()  # another tool's config.toml is not ours to read
+    if config_path is None and ours and (Path(dataset) / "config.toml").is_file():
         config_path = Path(dataset) / "config.toml"
         click.echo(f"annotate: models and annotators from {config_path}")
     config = resolve_config(config_path, overrides)
