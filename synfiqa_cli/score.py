@@ -4,28 +4,41 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
 import click
 
+from synfiqa_cli.main import config_options, resolve_config
+
+REFERENCE_SCORER = "mr"
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--model", required=True, metavar="NAME|FILE",
-              help="A FIQA model (`synfiqa plugins list --kind fiqa`) or a CR-FIQA checkpoint file.")
+              help="A FIQA model (`synfiqa plugins list --kind fiqa`), a CR-FIQA checkpoint file, or `mr`: "
+                   "the MR-FIQA label against references of each image's identity.")
+@click.option("--references", type=click.Path(file_okay=False),
+              help="With --model mr: one sub-folder of reference images per identity; an image's identity is "
+                   "the folder it lies in. Default: the Ref-<k> images beside it (SynFIQA layout).")
 @click.option("--aligned", is_flag=True, help="The images are aligned 112x112 face crops: no face detection.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write scores.csv or scores.json (default: CSV on stdout).")
 @click.option("--detector", default="mtcnn", show_default=True, help="Face detector for photos.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu or cuda.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
-def score(paths, model, aligned, out, detector, batch_size, device, progress):
+@config_options
+def score(paths, model, references, aligned, out, detector, batch_size, device, progress, config_path, overrides):
     """Score the face image quality of PATHS (image files, or folders searched recursively).
 
     Photos are detected and aligned to the ArcFace 112x112 template first. An image without
     a usable face gets an empty score and a reason. Folder images are named relative to the
-    folder, so the names match a benchmark's pairs file."""
+    folder, so the names match a benchmark's pairs file.
+
+    With --model mr the label is the MR-FIQA score (models and annotators from the config):
+    fr against the identity's references, sd over the measured |yaw|, vl when BLIP's weights
+    are there, min-max over the images scored together. --config/--set apply to it only."""
     from synfiqa.errors import ConfigError
     from synfiqa.evaluation.image_quality import CropMaker, collect_images, resolve_model, run_model
     from synfiqa.registry import get_registry
@@ -36,6 +49,11 @@ def score(paths, model, aligned, out, detector, batch_size, device, progress):
     if not items:
         raise ConfigError(f"no images found in {', '.join(paths)}")
     registry = get_registry()
+    if model == REFERENCE_SCORER:
+        return score_against_references(items, references, aligned, out, detector, device, progress,
+                                        config_path, overrides, registry)
+    if references is not None:
+        raise ConfigError("--references is for --model mr: a FIQA network needs no references")
     scorer, label = resolve_model("fiqa", model, device, registry)
     crop_maker = CropMaker(aligned, None if aligned else registry.create("detector", detector))
     outcomes = run_model(items, crop_maker, scorer.score, batch_size, progress, "scoring")
@@ -56,6 +74,47 @@ def score(paths, model, aligned, out, detector, batch_size, device, progress):
     if out is not None:
         line += f"; wrote {out}"
     click.echo(line, err=True)
+
+
+def score_against_references(items, references, aligned, out, detector, device, progress, config_path, overrides,
+                             registry) -> None:
+    from synfiqa.evaluation.image_quality import CropMaker
+    from synfiqa.reference_scoring import score_with_references
+
+    config = resolve_config(config_path, (() if device == "auto" else (f"run.device={device!r}",)) + tuple(overrides))
+    crop_maker = CropMaker(aligned, None if aligned else registry.create("detector", detector))
+    show = progress if progress is not None else sys.stderr.isatty()
+    result = score_with_references(items, references, config, registry, crop_maker,
+                                   progress=_identity_bar if show else None)
+    if out is None:
+        click.echo(scores_csv(result.outcomes), nl=False)
+    elif Path(out).suffix.lower() == ".csv":
+        _write(out, scores_csv(result.outcomes))
+    else:
+        document = scores_json(result.outcomes, REFERENCE_SCORER, "reference-based MR-FIQA")
+        for row in document["scores"]:
+            row["scores"] = result.domains.get(row["image"], {})
+        document["missing_domains"] = result.missing
+        document["notes"] = result.notes
+        _write(out, json.dumps(document, indent=2) + "\n")
+    failed = Counter(o.reason for o in result.outcomes if o.value is None)
+    line = (f"scored {len(result.outcomes) - sum(failed.values())} of {len(result.outcomes)} images of "
+            f"{result.identities} identities with {result.label or REFERENCE_SCORER} against their references")
+    if failed:
+        line += "; without a score: " + ", ".join(f"{reason} ({count})" for reason, count in sorted(failed.items()))
+    click.echo(line, err=True)
+    for domain, why in sorted(result.missing.items()):
+        click.echo(f"  {result.label} computed without {domain} ({why.rstrip('.')}); every score says so", err=True)
+    for note in result.notes:
+        click.echo(f"  {note}", err=True)
+    if out is not None:
+        click.echo(f"wrote {out}", err=True)
+
+
+def _identity_bar(groups):
+    from tqdm import tqdm
+
+    return tqdm(groups, desc="identities", unit="id", file=sys.stderr)
 
 
 def scores_csv(outcomes) -> str:

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from synfiqa.align import align_face
+from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform
 from synfiqa.errors import BadInputError, DataFileError
 from synfiqa.images import is_image_path, read_rgb, to_rgb_array
 from synfiqa.models import pick_main_face
@@ -92,11 +92,16 @@ class CropMaker:
         return read_rgb(item.path)
 
     def crop(self, item: ImageItem) -> np.ndarray:
+        return self.crop_and_landmarks(item)[0]
+
+    def crop_and_landmarks(self, item: ImageItem) -> tuple[np.ndarray, np.ndarray]:
+        """The crop and its five landmarks in crop coordinates (for an aligned crop, the
+        template's: that is where alignment put them)."""
         image = self.load(item)
         if self.aligned:
             if image.shape[:2] != (CROP_SIZE, CROP_SIZE):
                 image = np.asarray(Image.fromarray(image).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR))
-            return image
+            return image, ARCFACE_TEMPLATE_112.astype(np.float64)
         try:
             faces = self.detector.detect(image)
         except Exception as error:  # a detector that chokes on one odd image must not stop a whole folder
@@ -104,8 +109,8 @@ class CropMaker:
         face = pick_main_face(faces)
         if face is None:
             raise BadInputError("no-face", f"{item.name}: no face found")
-        crop, _ = align_face(image, face.landmarks, CROP_SIZE)
-        return crop
+        crop, matrix = align_face(image, face.landmarks, CROP_SIZE)
+        return crop, apply_transform(matrix, face.landmarks)
 
 
 def run_model(items: list[ImageItem], crop_maker: CropMaker, model_batch: Callable, batch_size: int = 64,
