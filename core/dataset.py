@@ -6,6 +6,7 @@
     OUT/manifest.jsonl                  one row per sample (and per skipped photo)
     OUT/config.toml                     the resolved config of the build
     OUT/summary.json                    counts and unavailable domains
+    OUT/generated/<identity>/0.png      a generative model's identities (ddpm builds only)
     OUT/.synfiqa/build.json             the build marker (config fingerprint)
     OUT/.synfiqa/identities/<id>.json   per-identity records: the unit of resume
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from synfiqa.errors import OutputConflictError
 from synfiqa.images import write_text_atomic
 
-OWNED_ENTRIES = ("data", ".synfiqa", "Quality-Scores.txt", "manifest.jsonl", "config.toml", "summary.json")
+OWNED_ENTRIES = ("data", "generated", ".synfiqa", "Quality-Scores.txt", "manifest.jsonl", "config.toml", "summary.json")
 
 
 class DatasetDir:

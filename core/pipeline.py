@@ -26,9 +26,12 @@ from synfiqa.dataset import DatasetDir, quality_key
 from synfiqa.degradation import ChainStep, DegradationChain
 from synfiqa.errors import BadInputError
 from synfiqa.filtering import filter_for_build
+from synfiqa.generation import Identity, SourceImage
 from synfiqa.images import encode_jpeg, write_atomic
 from synfiqa.models import pick_main_face
 from synfiqa.registry import Registry, get_registry
+
+GENERATED_FOLDER = "generated"  # a generative model's identities, inside the build folder
 
 @dataclass
 class AlignedPhoto:
@@ -197,13 +200,17 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     n-th identity starting at i and leaves the dataset-wide step to a run without shard.
     `stop_after` ends after that many identities were built (tests use it to interrupt)."""
     pipeline = Pipeline(config, registry or get_registry())
-    identities = pipeline.generator.identities(None, config["run"]["seed"])
-    for identity in identities:
-        identity_folder_name(identity.name)
+    generative = hasattr(pipeline.generator, "generate_indices")
+    if not generative:  # listed before anything is written: a bad identity name writes nothing
+        identities = pipeline.generator.identities(None, config["run"]["seed"])
+        for identity in identities:
+            identity_folder_name(identity.name)
     dataset = DatasetDir(out)
     resumed = dataset.prepare(fingerprint(config), to_toml(config), overwrite)
     if resumed:
         echo(f"resuming the build in {out}")
+    if generative:
+        identities = generate_into_build(pipeline, dataset, progress, echo)
     # filter.chain: removed identities get a record with the filter's reason, and no work
     kept = filter_for_build(pipeline, identities, dataset, echo)
     mine = kept if shard is None else kept[shard[0]::shard[1]]
@@ -226,6 +233,22 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
         echo(line)
     echo(f"wrote {Path(out) / 'Quality-Scores.txt'} ({len(quality)} scores) and manifest.jsonl")
     return summary
+
+
+def generate_into_build(pipeline: Pipeline, dataset: DatasetDir, progress, echo) -> list[Identity]:
+    """A generative model's identities are written to OUT/generated (lossless PNG, one
+    sub-folder per identity, as `synfiqa generate` writes them) as they are sampled, so a
+    killed build keeps every finished batch and a resumed one samples only what is missing;
+    the build then reads them back like any identity folder."""
+    from synfiqa.generate_folder import write_generated
+
+    config = pipeline.config
+    name = config["generate"]["generator"]
+    target = dataset.root / GENERATED_FOLDER
+    write_generated(pipeline.generator, name, component_params(config, "generate", name),
+                    pipeline.generator.count, config["run"]["seed"], target, progress, echo)
+    names = [pipeline.generator.identity_name(i) for i in range(pipeline.generator.count)]
+    return [Identity(n, (SourceImage("0.png", path=target / n / "0.png"),)) for n in names]
 
 
 def stage_summary(config: dict, summary: dict, skipped_files: list, unavailable: dict) -> list[str]:

@@ -216,3 +216,58 @@ def test_missing_model_names_the_asset_and_the_converter(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match="synfiqa convert guided-diffusion"):
         make_generator("")
+
+
+# ---------------------------------------------------------------- in a build
+
+def ddpm_build_config(model_dir, count=3):
+    from synfiqa.config import load_config
+
+    return load_config(None, ["generate.generator=ddpm", f"generate.params.ddpm.model='{model_dir}'",
+                              f"generate.params.ddpm.count={count}", "generate.params.ddpm.respacing='8'",
+                              "generate.params.ddpm.batch_size=1", "generate.params.ddpm.device='cpu'",
+                              "run.degraded=2"])
+
+
+def test_a_killed_ddpm_build_keeps_its_images_and_samples_only_the_missing_ones(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    from synfiqa.pipeline import build
+    from synfiqa_plugins.generators.ddpm import DdpmGenerator
+
+    config = ddpm_build_config(tiny_model_dir)
+    whole = tmp_path / "whole"
+    summary = build(config, whole, echo=lambda *_: None)
+    # a random model draws no face: every identity is skipped with its reason
+    assert summary["identities"] == 3 and summary["degraded"] == 0
+    rows = [json.loads(line) for line in (whole / "manifest.jsonl").read_text().splitlines()]
+    assert {row["identity"] for row in rows} == {"000000", "000001", "000002"}
+    assert all(row["status"] == "skipped" and row["reason"] == "no-face" for row in rows)
+
+    sampled = []
+    original = DdpmGenerator.sample_indices
+
+    def sample_then_die(self, indices, seed, on_step=None):
+        if sampled:
+            raise KeyboardInterrupt  # killed while sampling the second image
+        sampled.extend(indices)
+        return original(self, indices, seed, on_step)
+
+    monkeypatch.setattr(DdpmGenerator, "sample_indices", sample_then_die)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        build(config, killed, echo=lambda *_: None)
+    assert (killed / "generated" / "000000" / "0.png").is_file()
+    assert not (killed / "generated" / "000001").exists()
+
+    def count_samples(self, indices, seed, on_step=None):
+        sampled.extend(indices)
+        return original(self, indices, seed, on_step)
+
+    sampled.clear()
+    monkeypatch.setattr(DdpmGenerator, "sample_indices", count_samples)
+    build(config, killed, echo=lambda *_: None)
+    assert sampled == [1, 2]   # the finished image is not sampled again
+    for name in ("000000", "000001", "000002"):
+        path = f"generated/{name}/0.png"
+        assert (killed / path).read_bytes() == (whole / path).read_bytes()
+    assert (killed / "manifest.jsonl").read_bytes() == (whole / "manifest.jsonl").read_bytes()
