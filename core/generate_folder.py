@@ -11,72 +11,26 @@ their images copied.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from synfiqa.errors import OutputConflictError
-from synfiqa.images import write_atomic, write_text_atomic
+from synfiqa.images import write_atomic
+from synfiqa.output_folder import append_rows, claim, png_bytes, read_rows
 
 MANIFEST = "generated.jsonl"
 MARKER = ".synfiqa-generate.json"
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def read_manifest(out: Path) -> dict[str, dict]:
-    """Rows by path; a torn last line (a killed run) is ignored."""
-    rows = {}
-    path = out / MANIFEST
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["path"]] = row
-    return rows
-
-
-def _append_rows(out: Path, rows: list[dict]) -> None:
-    with open(out / MANIFEST, "a") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
-        handle.flush()
-
-
-def prepare(out: Path, description: dict) -> bool:
-    """True when OUT holds an earlier run of the same generation (to resume)."""
-    marker = out / MARKER
-    if marker.is_file():
-        previous = json.loads(marker.read_text())
-        if previous != description:
-            raise OutputConflictError(
-                f"{out} holds images generated with other settings ({previous}); choose another --out")
-        return True
-    if out.exists() and any(out.iterdir()):
-        raise OutputConflictError(f"{out} is not empty and holds no synfiqa generation; choose an empty or new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(marker, json.dumps(description, sort_keys=True, indent=1) + "\n")
-    return False
+    return read_rows(out / MANIFEST)
 
 
 def write_generated(generator, name: str, params: dict, n: int, seed: int, out: str | Path,
                     progress: bool | None = None, echo=print) -> dict:
     out = Path(out)
     description = {"generator": name, "params": params, "seed": seed}
-    if prepare(out, description):
+    if claim(out, MARKER, description, "generation"):
         echo(f"resuming the generation in {out}")
     rows = read_manifest(out)
     bar = _bar(n, progress)
@@ -91,11 +45,11 @@ def write_generated(generator, name: str, params: dict, n: int, seed: int, out: 
         for indices, images in generator.generate_indices(todo, seed):
             batch_rows = []
             for index, pixels in zip(indices, images):
-                write_atomic(out / path_of(index), _png(pixels))
+                write_atomic(out / path_of(index), png_bytes(pixels))
                 batch_rows.append({"identity": generator.identity_name(index), "path": path_of(index),
                                    "height": int(pixels.shape[0]), "width": int(pixels.shape[1]),
                                    **generator.metadata(seed, index)})
-            _append_rows(out, batch_rows)   # rows after images: a row always has its image
+            append_rows(out / MANIFEST, batch_rows)   # rows after images: a row always has its image
             bar.update(len(indices))
             written += len(indices)
     else:
@@ -112,12 +66,12 @@ def write_generated(generator, name: str, params: dict, n: int, seed: int, out: 
                 else:
                     target = target.with_suffix(".png")
                     path = f"{identity.name}/{target.name}"
-                    write_atomic(target, _png(source.load()))
+                    write_atomic(target, png_bytes(source.load()))
                 batch_rows.append({"identity": identity.name, "path": path, "generator": name, "seed": seed,
                                    "source": str(source.path) if source.path else None})
                 written += 1
             bar.update(1)
-        _append_rows(out, batch_rows)
+        append_rows(out / MANIFEST, batch_rows)
     bar.close()
     total = len(read_manifest(out))
     echo(f"generate: wrote {written} images ({total} in {out}, manifest {MANIFEST})")

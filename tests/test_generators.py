@@ -8,6 +8,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from synfiqa.output_folder import read_rows
+
 from ddpm_reference import write_tiny_model
 from synfiqa.errors import BadInputError, ConfigError
 from synfiqa_cli.main import cli
@@ -41,6 +43,8 @@ def test_generate_writes_images_with_manifest_rows_and_resumes(tiny_model, tmp_p
     (parts / "generated.jsonl").write_text((parts / "generated.jsonl").read_text() + '{"torn')   # a killed write
     resumed = generate(parts, tiny_model, 3)
     assert resumed.exit_code == 0 and "resuming" in resumed.output and "wrote 1 images" in resumed.output
+    assert [row["path"] for row in read_rows(parts / "generated.jsonl").values()] == \
+        ["000000/0.png", "000001/0.png", "000002/0.png"]   # the row after the torn line survives
     for index in range(3):
         a = np.asarray(Image.open(whole / f"{index:06d}" / "0.png"))
         b = np.asarray(Image.open(parts / f"{index:06d}" / "0.png"))
