@@ -75,6 +75,14 @@ class DegradationChain:
             raise ValueError(f"a degradation appears twice in the chain: {names}")
         self.steps = steps
 
+    @classmethod
+    def from_config(cls, config: dict, registry) -> "DegradationChain":
+        """The chain `degrade.chain` names, each step built with its `degrade.params`."""
+        from synfiqa.config import component_params
+
+        return cls([ChainStep(name, registry.create("degradation", name, **component_params(config, "degrade", name)))
+                    for name in config["degrade"]["chain"]])
+
     @property
     def severity_axes(self) -> list[str]:
         return [f"{step.name}.{axis}" for step in self.steps for axis in step.degradation.severity_axes]

@@ -12,11 +12,10 @@ their images copied.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from synfiqa.images import write_atomic
-from synfiqa.output_folder import append_rows, claim, png_bytes, read_rows
+from synfiqa.output_folder import append_rows, claim, png_bytes, progress_bar, read_rows
 
 MANIFEST = "generated.jsonl"
 MARKER = ".synfiqa-generate.json"
@@ -33,7 +32,7 @@ def write_generated(generator, name: str, params: dict, n: int, seed: int, out: 
     if claim(out, MARKER, description, "generation"):
         echo(f"resuming the generation in {out}")
     rows = read_manifest(out)
-    bar = _bar(n, progress)
+    bar = progress_bar(n, progress, "generate")
     written = 0
     if hasattr(generator, "generate_indices"):
         def path_of(index):
@@ -76,21 +75,3 @@ def write_generated(generator, name: str, params: dict, n: int, seed: int, out: 
     total = len(read_manifest(out))
     echo(f"generate: wrote {written} images ({total} in {out}, manifest {MANIFEST})")
     return {"written": written, "total": total}
-
-
-class _NoBar:
-    def update(self, _):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(total: int, enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="generate", unit="img", file=sys.stderr)

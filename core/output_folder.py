@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,22 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         for row in rows:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
         handle.flush()
+
+
+class _NoBar:
+    def update(self, _):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(total: int, enabled: bool | None, description: str, unit: str = "img"):
+    """A tqdm bar on stderr, by default only when stderr is a terminal."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr)

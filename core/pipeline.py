@@ -23,7 +23,7 @@ from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml
 from synfiqa.context import RunContext
 from synfiqa.dataset import DatasetDir, quality_key
-from synfiqa.degradation import ChainStep, DegradationChain
+from synfiqa.degradation import DegradationChain
 from synfiqa.errors import BadInputError
 from synfiqa.filtering import filter_for_build
 from synfiqa.generation import Identity, SourceImage
@@ -55,10 +55,7 @@ class Pipeline:
         generator_name = config["generate"]["generator"]
         self.generator = registry.create("generator", generator_name,
                                          **component_params(config, "generate", generator_name))
-        self.chain = DegradationChain([
-            ChainStep(name, registry.create("degradation", name, **component_params(config, "degrade", name)))
-            for name in config["degrade"]["chain"]
-        ])
+        self.chain = DegradationChain.from_config(config, registry)
         self.annotators, self.unavailable = load_annotators(config, self.context)
         self.detector = self.context.model("detector")
         self.pose = self.context.model("pose")
