@@ -58,7 +58,7 @@ def load_annotators(config: dict, context: RunContext) -> tuple[list, dict[str, 
         except WeightsNotFoundError as error:
             if name not in config["annotate"]["optional"]:
                 raise
-            unavailable[name] = str(error).splitlines()[0]
+            unavailable[name] = str(error).splitlines()[0].rstrip(".")
             continue
         provided = {key for _, earlier in annotators for key in earlier.provides}
         needed = [key for key in getattr(annotator, "requires", ()) if key not in provided]
