@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform
+from synfiqa.align import align_face, apply_transform
 from synfiqa.annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml

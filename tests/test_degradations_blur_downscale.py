@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
 from synfiqa.testing import DegradationConformance, conformance_images
 from synfiqa_plugins.degradations import _faithful

@@ -104,7 +104,7 @@ def blocks_of(state_dict: dict, source: str) -> tuple[int, ...]:
 def build_adaface(state_dict: dict, source: str, depth: int | None = None) -> IRNet:
     """An IRNet of the depth the keys describe, loaded strictly. With `depth`, a checkpoint
     of another depth is an error before anything runs."""
-    from synfiqa_plugins.models.facenet import load_state_dict_strictly
+    from synfiqa_plugins.models.checkpoints import load_state_dict_strictly
 
     state_dict = network_state_dict(state_dict)
     blocks = blocks_of(state_dict, source)

@@ -73,7 +73,7 @@ def rename_original_key(key: str) -> str | None:
 def convert_original_state_dict(state_dict: dict, source: str = "checkpoint") -> dict:
     """Original BLIP_Retrieval names -> BlipForImageTextRetrieval names. Training-only keys
     are dropped; a key of neither kind is an error that names it."""
-    from synfiqa_plugins.models.iresnet import _listing
+    from synfiqa_plugins.models.checkpoints import listing
 
     converted, unknown = {}, []
     for key, value in state_dict.items():
@@ -85,7 +85,7 @@ def convert_original_state_dict(state_dict: dict, source: str = "checkpoint") ->
         else:
             converted[new] = value
     if unknown:
-        raise CheckpointError(f"{source}: keys that are not BLIP retrieval keys: {_listing(unknown)}")
+        raise CheckpointError(f"{source}: keys that are not BLIP retrieval keys: {listing(unknown)}")
     if not any(k.startswith("vision_model.") for k in converted) or "vision_proj.weight" not in converted:
         raise CheckpointError(f"{source}: not an original BLIP retrieval checkpoint "
                               f"(no visual_encoder / vision_proj keys; first keys: {', '.join(list(state_dict)[:5])})")
@@ -174,7 +174,7 @@ def load_original_checkpoint(checkpoint: str | Path, vision_heads: int | None = 
     from transformers import BlipForImageTextRetrieval
 
     from synfiqa_plugins.models.checkpoints import find_state_dict, read_payload
-    from synfiqa_plugins.models.facenet import load_state_dict_strictly
+    from synfiqa_plugins.models.checkpoints import load_state_dict_strictly
 
     source = str(checkpoint)
     original = find_state_dict(read_payload(checkpoint, "blip-retrieval-coco"), checkpoint, wrappers=("model", "state_dict"))
@@ -205,16 +205,16 @@ def convert_original_checkpoint(checkpoint: str | Path, output_dir: str | Path, 
 def check_loading_info(info: dict, model_dir: Path) -> None:
     """transformers fills missing weights with random ones and only logs it; a folder of
     another BLIP head (captioning, VQA) would then score with a random text encoder."""
-    from synfiqa_plugins.models.iresnet import _listing
+    from synfiqa_plugins.models.checkpoints import listing
 
     missing = sorted(info.get("missing_keys") or ())
     mismatched = sorted(str(item[0]) if isinstance(item, (tuple, list)) else str(item)
                         for item in info.get("mismatched_keys") or ())
     if missing or mismatched:
         unexpected = sorted(info.get("unexpected_keys") or ())
-        parts = [f"missing keys: {_listing(missing)}"] if missing else []
-        parts += [f"wrong shapes: {_listing(mismatched)}"] if mismatched else []
-        parts += [f"unexpected keys: {_listing(unexpected)}"] if unexpected else []
+        parts = [f"missing keys: {listing(missing)}"] if missing else []
+        parts += [f"wrong shapes: {listing(mismatched)}"] if mismatched else []
+        parts += [f"unexpected keys: {listing(unexpected)}"] if unexpected else []
         raise CheckpointError(f"{model_dir} is not a BlipForImageTextRetrieval model (e.g. "
                               f"{HF_REPO}): " + "; ".join(parts))
 

@@ -76,3 +76,28 @@ def strip_prefix(state_dict: dict, prefix: str) -> dict:
     if not any(key.startswith(prefix) for key in state_dict):
         return state_dict
     return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def listing(items: list[str], limit: int = 8) -> str:
+    """The first `limit` names, and how many more: error messages stay readable for a
+    checkpoint of an entirely different network."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def load_state_dict_strictly(model: torch.nn.Module, state_dict: dict, source: str, ignore=(),
+                             description: str | None = None) -> None:
+    """Load with every missing, unexpected or mis-shaped key named in one CheckpointError.
+    BatchNorm's num_batches_tracked counters may be absent (older checkpoints lack them;
+    inference never reads them)."""
+    state_dict = {k: v for k, v in state_dict.items() if k not in ignore}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
+                  for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    problems = [f"{what}: {listing(keys)}" for what, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", mismatched)) if keys]
+    if problems:
+        raise CheckpointError(f"{source} does not fit {description or type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict({k: state_dict.get(k, expected[k]) for k in expected}, strict=True)

@@ -13,38 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from synfiqa import hookimpl
-from synfiqa.errors import CheckpointError
 from synfiqa.models import resolve_device
 
 # keys of the released file that the embedding does not use: the VGGFace2 classifier
 CLASSIFIER_KEYS = ("logits.weight", "logits.bias")
 
 
-def load_state_dict_strictly(model: torch.nn.Module, state_dict: dict, source: str, ignore=()) -> None:
-    """Load with every missing, unexpected or mis-shaped key named in one CheckpointError."""
-    from synfiqa_plugins.models.iresnet import _listing
-
-    state_dict = {k: v for k, v in state_dict.items() if k not in ignore}
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
-                  for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if mismatched:
-        problems.append(f"wrong shapes: {_listing(mismatched)}")
-    if problems:
-        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
-    model.load_state_dict({k: state_dict.get(k, expected[k]) for k in expected}, strict=True)
-
-
 def build_facenet(path) -> torch.nn.Module:
     from facenet_pytorch import InceptionResnetV1
 
+    from synfiqa_plugins.models.checkpoints import load_state_dict_strictly
     from synfiqa_plugins.models.iresnet import read_state_dict
 
     model = InceptionResnetV1(pretrained=None, classify=False)   # pretrained=None: no download

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from synfiqa.errors import CheckpointError
+from synfiqa_plugins.models.checkpoints import load_state_dict_strictly
 
 NAMED_DEPTHS = {(2, 2, 2, 2): "iresnet18", (3, 4, 6, 3): "iresnet34", (3, 4, 14, 3): "iresnet50",
                 (3, 13, 30, 3): "iresnet100"}
@@ -191,28 +192,8 @@ def build_from_state_dict(state_dict: dict, source: str = "checkpoint") -> tuple
     checkpoints lack it and it plays no part in inference)."""
     variant = detect_variant(state_dict, source)
     model = CRFIQANet(variant.blocks, variant.head, variant.num_features, variant.squeeze_excitation)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
-                  for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if mismatched:
-        problems.append(f"wrong shapes: {_listing(mismatched)}")
-    if problems:
-        raise CheckpointError(f"{source} does not fit {variant.describe()}: " + "; ".join(problems))
-    complete = {k: state_dict.get(k, expected[k]) for k in expected}
-    model.load_state_dict(complete, strict=True)
+    load_state_dict_strictly(model, state_dict, source, description=variant.describe())
     return model.eval(), variant
-
-
-def _listing(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def load_checkpoint(path: str | Path) -> tuple[CRFIQANet, Variant]:

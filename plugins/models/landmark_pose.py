@@ -4,7 +4,6 @@ relative to half the inter-ocular distance; roll from the eye line. Pitch is not
 observable from five points this way and is reported as 0."""
 from __future__ import annotations
 
-import math
 
 import torch
 
