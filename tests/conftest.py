@@ -22,6 +22,19 @@ def isolate_plugins(monkeypatch):
 
 
 @pytest.fixture
+def isolated(monkeypatch, tmp_path) -> Path:
+    """No real weights anywhere: every place a model loader searches (SYNFIQA_WEIGHTS, the
+    synfiqa, torch and Hugging Face caches under HOME) points into tmp_path, offline."""
+    monkeypatch.setenv("SYNFIQA_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
+
+
+@pytest.fixture
 def faces_dir() -> Path:
     return FACES
 
@@ -42,3 +55,15 @@ def registry_session():
     from synfiqa.registry import Registry
 
     return Registry()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For tests of small per-image work: a second torch thread only contends with the rest
+    of a shared 2-core machine there."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

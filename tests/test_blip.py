@@ -34,17 +34,6 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-    """No real weights folders: HOME, SYNFIQA_WEIGHTS and the HF cache all point into tmp."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("SYNFIQA_WEIGHTS", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path
-
-
 def crops(n=3, size=112, seed=0):
     return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 

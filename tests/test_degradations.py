@@ -21,12 +21,7 @@ from synfiqa_plugins.degradations.occlusion import FACE_CENTRE_Y, FACE_SEMI_X, F
 from synfiqa_plugins.degradations.sensor_noise import SensorNoise
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small per-image work; extra threads only contend on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def seeded(seed: int) -> torch.Generator:

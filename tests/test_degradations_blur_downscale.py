@@ -22,12 +22,7 @@ from synfiqa_plugins.degradations.blur_downscale import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small per-image work; extra threads only contend on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def seeded(seed: int) -> torch.Generator:

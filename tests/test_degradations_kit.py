@@ -9,12 +9,7 @@ from synfiqa.testing import DegradationConformance
 from synfiqa_plugins.degradations._common import PerSampleDegradation, check_count
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small per-image work; extra threads only contend on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Darken(PerSampleDegradation):

@@ -104,25 +104,16 @@ def ir18_file(ir18, tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def no_weights(monkeypatch, tmp_path):
-    monkeypatch.setenv("SYNFIQA_WEIGHTS", str(tmp_path / "weights"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    return tmp_path
-
-
 def crops(n=3, seed=0):
     return torch.randint(0, 256, (n, 3, 112, 112), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
-def test_ir18_embeds_as_adafaces_network_on_bgr_half_scaled_input(ir18, ir18_file, no_weights, monkeypatch):
+def test_ir18_embeds_as_adafaces_network_on_bgr_half_scaled_input(ir18, ir18_file, isolated, monkeypatch):
     import shutil
 
     from synfiqa.registry import Registry
 
-    target = no_weights / "weights" / "adaface-ir18"
+    target = isolated / "weights" / "adaface-ir18"
     target.mkdir(parents=True)
     shutil.copy(ir18_file, target / ir18_file.name)
     embedder = Registry().create("embedder", "adaface-ir18", device="cpu")
@@ -150,7 +141,7 @@ def test_ir18_embeds_as_adafaces_network_on_bgr_half_scaled_input(ir18, ir18_fil
         embedder.embed(x.float())
 
 
-def test_a_bare_state_dict_and_module_prefix_load_too(ir18, tmp_path, no_weights):
+def test_a_bare_state_dict_and_module_prefix_load_too(ir18, tmp_path, isolated):
     from synfiqa_plugins.models.adaface import AdaFaceIR18
 
     torch.save({f"module.{k}": v for k, v in ir18.items()}, tmp_path / "bare.pth")
@@ -159,7 +150,7 @@ def test_a_bare_state_dict_and_module_prefix_load_too(ir18, tmp_path, no_weights
     assert torch.allclose(embedder.embed(crops(1)), expected, atol=1e-5)
 
 
-def test_ir50_loads_its_own_depth_and_refuses_the_other(ir18_file, tmp_path, no_weights):
+def test_ir50_loads_its_own_depth_and_refuses_the_other(ir18_file, tmp_path, isolated):
     from synfiqa_plugins.models.adaface import DEPTHS, AdaFaceIR18, AdaFaceIR50
 
     ir50 = official_state_dict(DEPTHS[50], seed=1)
@@ -174,7 +165,7 @@ def test_ir50_loads_its_own_depth_and_refuses_the_other(ir18_file, tmp_path, no_
         AdaFaceIR18(path=str(tmp_path / "adaface_ir50_ms1mv2.ckpt"), device="cpu")
 
 
-def test_missing_unexpected_and_misshapen_keys_are_named(ir18, tmp_path, no_weights):
+def test_missing_unexpected_and_misshapen_keys_are_named(ir18, tmp_path, isolated):
     from synfiqa_plugins.models.adaface import AdaFaceIR18
 
     broken = dict(ir18)
@@ -194,15 +185,15 @@ def test_missing_unexpected_and_misshapen_keys_are_named(ir18, tmp_path, no_weig
         AdaFaceIR18(path=str(tmp_path / "other.ckpt"), device="cpu")
 
 
-def test_missing_and_corrupt_files_are_clear_errors(tmp_path, no_weights):
+def test_missing_and_corrupt_files_are_clear_errors(tmp_path, isolated):
     from synfiqa_plugins.models.adaface import AdaFaceIR18
 
     with pytest.raises(WeightsNotFoundError) as caught:
         AdaFaceIR18(device="cpu")
     message = str(caught.value)
     assert "'adaface-ir18'" in message and "adaface_ir18_webface4m.ckpt" in message
-    assert str(no_weights / "weights" / "adaface-ir18" / "adaface_ir18_webface4m.ckpt") in message
-    assert str(no_weights / "home" / ".cache" / "synfiqa" / "weights" / "adaface-ir18") in message
+    assert str(isolated / "weights" / "adaface-ir18" / "adaface_ir18_webface4m.ckpt") in message
+    assert str(isolated / "home" / ".cache" / "synfiqa" / "weights" / "adaface-ir18") in message
     assert "drive.google.com" in message
 
     truncated = tmp_path / "adaface_ir18_webface4m.ckpt"

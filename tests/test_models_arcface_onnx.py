@@ -66,13 +66,6 @@ def crops(n=5, seed=0):
     return torch.randint(0, 256, (n, 3, 112, 112), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("SYNFIQA_WEIGHTS", str(tmp_path / "weights"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
 @pytest.mark.parametrize("backend", ["onnxruntime", "opencv"])
 def test_rgb_crops_scaled_by_127_5_give_the_graphs_embedding(isolated, backend):
     from synfiqa_plugins.models.arcface_onnx import ArcFaceONNXEmbedder

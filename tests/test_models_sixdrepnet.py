@@ -37,14 +37,6 @@ def original_state_dict():
     return state
 
 
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-    monkeypatch.setenv("SYNFIQA_WEIGHTS", str(tmp_path / "weights"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path
-
-
 def crops(n=2, size=112, seed=0):
     return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
