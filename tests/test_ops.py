@@ -4,6 +4,7 @@ registration (opcheck) and the fallback when the native build fails.
 The first run compiles the C++ library (20-80 s); later runs load it from the cache."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -202,6 +203,151 @@ def test_greedy_unique_non_contiguous_float64_and_scaled_rows():
     scaled = x * torch.rand(500, 1, dtype=torch.float64).add(0.1) * 100  # cosine ignores length
     expected = ops.greedy_unique_loop(x, 0.3)
     assert torch.equal(ops.greedy_unique(scaled.T.contiguous().T, 0.3, impl="native"), expected)
+
+
+def pairs_at_cosines(cosines, d, seed=0):
+    """Rows in pairs (a, b), each pair in a random plane, with cosine(a, b) equal to the given
+    value up to float64 rounding."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for cosine in cosines:
+        basis, _ = torch.linalg.qr(torch.randn(d, 2, generator=generator, dtype=torch.float64))
+        a, e = basis[:, 0], basis[:, 1]
+        rows += [a, cosine * a + math.sqrt(1.0 - cosine * cosine) * e]
+    return torch.stack(rows)
+
+
+# Offsets from the threshold on both sides of the native screen's three tests: beyond its
+# 8-bit bound (~2e-2 at D = 512, larger for tiny D), inside it but beyond the 16-bit bound
+# (~1e-3), and inside that (settled by the float64 cosine). Offsets below ~1e-13 are left
+# out: there the float64 rounding of the loop's own matrix product decides.
+NEAR_THRESHOLD = [s * o for o in (1e-12, 1e-9, 1e-6, 1e-4, 1e-3, 4e-3, 1e-2, 2e-2, 3e-2, 6e-2, 0.1) for s in (1, -1)]
+
+
+@pytest.mark.parametrize("d", [512, 37, 3])
+@pytest.mark.parametrize("threshold", [0.3, 0.9, -0.2])
+def test_greedy_unique_cosines_just_above_and_below_the_threshold(d, threshold):
+    cosines = [min(max(threshold + offset, -1.0), 1.0) for offset in NEAR_THRESHOLD]
+    x = pairs_at_cosines(cosines, d, seed=d)
+    expected = ops.greedy_unique_loop(x, threshold)
+    assert torch.equal(ops.greedy_unique(x, threshold, impl="native"), expected)
+    # The pairs themselves: each second row goes exactly when its cosine is over the threshold
+    # (checked where the pairs are nearly orthogonal to each other, at D = 512).
+    if d == 512 and threshold == 0.3:
+        assert expected[1::2].tolist() == [c <= threshold for c in cosines]
+    as_float = x.float()
+    assert torch.equal(ops.greedy_unique(as_float, threshold, impl="native"), ops.greedy_unique_loop(as_float, threshold))
+
+
+@pytest.mark.parametrize("d", [512, 40])
+@pytest.mark.parametrize("threshold", [0.3, 0.9, -0.2])
+def test_greedy_unique_quantisation_error_aimed_at_the_partner(d, threshold):
+    # The later row of each pair is built so that its 8-bit copy (largest component at 63)
+    # rounds every other component by ~0.49 in the same direction, and the earlier row leans
+    # along that error: the integer estimate is then off by nearly the whole error bound,
+    # upwards or downwards. A bound that left out the later row's error, or halved both,
+    # decides some of these pairs wrongly.
+    generator = torch.Generator().manual_seed(d)
+    rows = []
+    for sign in (1.0, -1.0):
+        for fraction in (0.3, 0.6, 0.9, 0.97, 1.0, 1.05, 1.2):
+            steps = torch.randint(-62, 62, (d,), generator=generator).double()
+            w = steps + 0.49
+            w[0] = 63.0
+            later = w / w.norm()
+            error = later - torch.round(w) / (63.0 / later.abs().max())  # the 8-bit copy's error
+            lean = error - (error @ later) * later
+            lean = lean / lean.norm()
+            # cosine(earlier, later) = threshold -+ fraction * |error|: the estimate errs by about
+            # +-|error| (sqrt(1 - threshold^2) of it) towards the wrong side of the threshold.
+            cosine = min(max(threshold - sign * fraction * float(error.norm()), -1.0), 1.0)
+            earlier = cosine * later - sign * math.sqrt(1.0 - cosine * cosine) * lean
+            rows += [earlier, later]
+    x = torch.stack(rows)
+    expected = ops.greedy_unique_loop(x, threshold)
+    assert torch.equal(ops.greedy_unique(x, threshold, impl="native"), expected)
+
+
+def extreme_rows(d, seed=0):
+    """Rows that push the 8-bit copies to their limits: one-hot rows, constant rows (every
+    component at the largest value, every 16-bit lane of the kernel at its bound), signs
+    alternating, four equal large components sharing one kernel lane, one huge component
+    over tiny ones, values near float32's range ends; each with its negation, an exact copy
+    and a slightly perturbed copy."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.zeros(d, dtype=torch.float64) for _ in range(5)]
+    rows[0][0] = 1.0
+    rows[1][d - 1] = -3.0
+    rows[2][:] = 1.0
+    rows[3][:] = torch.tensor([(-1.0) ** k for k in range(d)], dtype=torch.float64)
+    for k in (0, 1, 4, 5):
+        if k < d:
+            rows[4][k] = 1.0
+    rows[4] += 1e-4 * torch.randn(d, generator=generator, dtype=torch.float64)
+    spike = 1e-3 * torch.randn(d, generator=generator, dtype=torch.float64)
+    spike[d // 2] = 1e3
+    tiny = 1e-30 * torch.randn(d, generator=generator, dtype=torch.float64)
+    large = 1e30 * torch.randn(d, generator=generator, dtype=torch.float64)
+    base = torch.stack(rows + [spike, tiny, large])
+    noise = 1e-3 * torch.randn(base.shape, generator=generator, dtype=torch.float64) * base.abs().amax(1, keepdim=True)
+    x = torch.cat([base, -base, base, base + noise, torch.randn(20, d, generator=generator, dtype=torch.float64)])
+    return x[torch.randperm(x.shape[0], generator=generator)]
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 8, 9, 31, 33, 64, 100, 513])
+@pytest.mark.parametrize("threshold", [0.3, 0.999, 0.0, -0.5])
+def test_greedy_unique_rows_at_the_limits_of_the_integer_copies(d, threshold):
+    x = extreme_rows(d, seed=d)
+    expected = ops.greedy_unique_loop(x, threshold)
+    assert torch.equal(ops.greedy_unique(x, threshold, impl="native"), expected)
+    as_float = x.float()
+    assert torch.equal(ops.greedy_unique(as_float, threshold, impl="native"), ops.greedy_unique_loop(as_float, threshold))
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 0.0, 0.3, -1.5, 1.5])
+def test_greedy_unique_zero_rows_and_thresholds_outside_the_cosine_range(threshold):
+    # A zero row's cosine with anything is 0: it goes after a kept row when the threshold is
+    # negative, and, once kept, drops every later row then.
+    x = with_duplicates(300, 24, seed=3)
+    x[[0, 7, 8, 150, 299]] = 0.0
+    expected = ops.greedy_unique_loop(x, threshold)
+    assert torch.equal(ops.greedy_unique(x, threshold, impl="native"), expected)
+    assert torch.equal(ops.greedy_unique(x[7:], threshold, impl="native"), ops.greedy_unique_loop(x[7:], threshold))
+
+
+def test_greedy_unique_many_rows_few_kept_across_blocks():
+    # 20,000 noisy copies of 6 directions: every block is dropped almost whole by a few kept
+    # rows of the first block, and rows of later blocks are settled against them.
+    generator = torch.Generator().manual_seed(11)
+    centres = torch.randn(6, 96, generator=generator)
+    x = centres[torch.randint(0, 6, (20_000,), generator=generator)] + 0.9 * torch.randn(20_000, 96,
+                                                                                         generator=generator)
+    expected = ops.greedy_unique_loop(x, 0.3)
+    assert int(expected.sum()) < 200
+    assert torch.equal(ops.greedy_unique(x, 0.3, impl="native"), expected)
+
+
+def test_greedy_unique_duplicates_within_and_across_blocks():
+    # Rows a block (960) or more apart and rows inside one block; chains where a dropped row
+    # would have dropped a later one.
+    x = with_duplicates(2_500, 48, fraction=0.5, noise=0.6, seed=21)
+    x[1_000:1_100] = x[:100]  # exact copies one block later
+    x[2_000] = x[1_999]
+    expected = ops.greedy_unique_loop(x, 0.3)
+    assert torch.equal(ops.greedy_unique(x, 0.3, impl="native"), expected)
+
+
+def test_greedy_unique_very_wide_rows():
+    # D = 300,000: constant rows would make the 8-bit dot product's bound pass int32's range
+    # at the usual scale, so the signed copy is scaled down; the 16-bit copy keeps < 100.
+    d = 300_000
+    generator = torch.Generator().manual_seed(2)
+    constant = torch.ones(1, d, dtype=torch.float64)
+    x = torch.cat([constant, torch.randn(3, d, generator=generator, dtype=torch.float64), constant * 2,
+                   constant + 0.5 * torch.randn(1, d, generator=generator, dtype=torch.float64), -constant])
+    for threshold in (0.3, 0.999, -0.5):
+        expected = ops.greedy_unique_loop(x, threshold)
+        assert torch.equal(ops.greedy_unique(x, threshold, impl="native"), expected)
 
 
 # ---------------------------------------------------------------- registration
