@@ -59,18 +59,9 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
     outcomes = run_model(items, crop_maker, scorer.score, batch_size, progress, "scoring")
 
     variant = getattr(getattr(scorer, "variant", None), "describe", lambda: "")()
-    if out is None:
-        click.echo(scores_csv(outcomes), nl=False)
-    elif Path(out).suffix.lower() == ".csv":
-        _write(out, scores_csv(outcomes))
-    else:
-        _write(out, json.dumps(scores_json(outcomes, label, variant), indent=2) + "\n")
-    failed = Counter(o.reason for o in outcomes if o.value is None)
-    line = f"scored {len(outcomes) - sum(failed.values())} of {len(outcomes)} images with {label}"
-    if variant:
-        line += f" ({variant})"
-    if failed:
-        line += "; without a score: " + ", ".join(f"{reason} ({count})" for reason, count in sorted(failed.items()))
+    emit(out, outcomes, scores_json(outcomes, label, variant))
+    line = f"scored {scored_summary(outcomes)} images with {label}" + (f" ({variant})" if variant else "")
+    line += without_score(outcomes)
     if out is not None:
         line += f"; wrote {out}"
     click.echo(line, err=True)
@@ -86,29 +77,42 @@ def score_against_references(items, references, aligned, out, detector, device, 
     show = progress if progress is not None else sys.stderr.isatty()
     result = score_with_references(items, references, config, registry, crop_maker,
                                    progress=_identity_bar if show else None)
-    if out is None:
-        click.echo(scores_csv(result.outcomes), nl=False)
-    elif Path(out).suffix.lower() == ".csv":
-        _write(out, scores_csv(result.outcomes))
-    else:
-        document = scores_json(result.outcomes, REFERENCE_SCORER, "reference-based MR-FIQA")
-        for row in document["scores"]:
-            row["scores"] = result.domains.get(row["image"], {})
-        document["missing_domains"] = result.missing
-        document["notes"] = result.notes
-        _write(out, json.dumps(document, indent=2) + "\n")
-    failed = Counter(o.reason for o in result.outcomes if o.value is None)
-    line = (f"scored {len(result.outcomes) - sum(failed.values())} of {len(result.outcomes)} images of "
-            f"{result.identities} identities with {result.label or REFERENCE_SCORER} against their references")
-    if failed:
-        line += "; without a score: " + ", ".join(f"{reason} ({count})" for reason, count in sorted(failed.items()))
-    click.echo(line, err=True)
+    document = scores_json(result.outcomes, REFERENCE_SCORER, "reference-based MR-FIQA")
+    for row in document["scores"]:
+        row["scores"] = result.domains.get(row["image"], {})
+    document["missing_domains"] = result.missing
+    document["notes"] = result.notes
+    emit(out, result.outcomes, document)
+    click.echo(f"scored {scored_summary(result.outcomes)} images of {result.identities} identities with "
+               f"{result.label or REFERENCE_SCORER} against their references" + without_score(result.outcomes),
+               err=True)
     for domain, why in sorted(result.missing.items()):
         click.echo(f"  {result.label} computed without {domain} ({why.rstrip('.')}); every score says so", err=True)
     for note in result.notes:
         click.echo(f"  {note}", err=True)
     if out is not None:
         click.echo(f"wrote {out}", err=True)
+
+
+def emit(out: str | None, outcomes, document: dict) -> None:
+    """CSV on stdout without --out; else the CSV or the JSON document --out names."""
+    if out is None:
+        click.echo(scores_csv(outcomes), nl=False)
+    elif Path(out).suffix.lower() == ".csv":
+        _write(out, scores_csv(outcomes))
+    else:
+        _write(out, json.dumps(document, indent=2) + "\n")
+
+
+def scored_summary(outcomes) -> str:
+    return f"{sum(1 for o in outcomes if o.value is not None)} of {len(outcomes)}"
+
+
+def without_score(outcomes) -> str:
+    failed = Counter(o.reason for o in outcomes if o.value is None)
+    if not failed:
+        return ""
+    return "; without a score: " + ", ".join(f"{reason} ({count})" for reason, count in sorted(failed.items()))
 
 
 def _identity_bar(groups):
