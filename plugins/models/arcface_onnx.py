@@ -60,17 +60,16 @@ class _OrtRunner:
 
 class _OpenCVRunner:
     def __init__(self, model_file: str):
-        import cv2
+        from synfiqa_plugins.models.opencv_dnn import OpenCVNet
 
-        self.net = cv2.dnn.readNetFromONNX(model_file, engine=cv2.dnn.ENGINE_CLASSIC)
+        self.net = OpenCVNet(model_file)
         self.input_shape = []
 
     def fixed_batch(self) -> int | None:
         return None
 
     def __call__(self, blob: np.ndarray) -> np.ndarray:
-        self.net.setInput(blob)
-        return np.asarray(self.net.forward())
+        return self.net(blob)
 
 
 class ArcFaceONNXEmbedder:

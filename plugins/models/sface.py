@@ -10,7 +10,7 @@ Backends:
   by side, one torch thread each, so a crop's embedding is the same bits whatever batch it
   comes in. Same embeddings as OpenCV to float32 rounding (cosine > 1 - 1e-9 per crop, see
   tests/test_models_sface.py), about 2x faster on CPU.
-* "opencv": OpenCV's DNN module (ENGINE_CLASSIC), the reference the torch path is checked
+* "opencv": OpenCV's DNN module (opencv_dnn.py: 4.x and 5.x), the reference the torch path is checked
   against.
 """
 from __future__ import annotations
@@ -53,9 +53,10 @@ class SFaceEmbedder:
         import cv2
 
         from synfiqa.errors import WeightsNotFoundError
+        from synfiqa_plugins.models.opencv_dnn import OpenCVNet
 
         try:
-            self._net = cv2.dnn.readNetFromONNX(str(self.model_file), engine=cv2.dnn.ENGINE_CLASSIC)
+            self._net = OpenCVNet(self.model_file)
         except cv2.error as error:
             raise WeightsNotFoundError(f"model asset 'sface': OpenCV cannot load {self.model_file}: {error}") from None
 
@@ -77,8 +78,7 @@ class SFaceEmbedder:
             return torch.zeros(0, self.dimension)
         if self.backend == "opencv":
             blob = np.ascontiguousarray(crops.cpu().numpy().astype(np.float32))  # NCHW RGB
-            self._net.setInput(blob)
-            return torch.from_numpy(np.asarray(self._net.forward(), dtype=np.float32).reshape(len(blob), -1).copy())
+            return torch.from_numpy(np.asarray(self._net(blob), dtype=np.float32).reshape(len(blob), -1).copy())
         # Every chunk holds exactly `chunk` crops (the last padded with blank ones) and runs on
         # one torch thread: oneDNN picks its kernels by batch size and thread count, so this
         # keeps each crop's embedding the same bits whatever batch it comes in, or its order.
