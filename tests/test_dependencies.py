@@ -1,0 +1,150 @@
+"""Every distribution the code imports is declared, and the lock pins every declared one.
+
+A fresh machine installs what pyproject.toml declares (or what requirements.lock pins): an
+import that only works because some other package happened to pull its distribution in
+breaks the day that package drops it (as opencv did: imported by 8 modules, declared by none).
+"""
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_SOURCES = ("core", "plugins", "synfiqa_cli", "csrc")
+# our own import names (setup.py maps the source folders onto them)
+OWN = {"synfiqa", "synfiqa_plugins", "synfiqa_cli", "synfiqa_csrc"}
+# imports behind a guard that are not dependencies: optional accelerators and the opt-in
+# comparison against pytorch3d (which cannot be installed for this Python and torch)
+OPTIONAL = {"pytorch3d"}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_name(requirement: str) -> str:
+    return _normalise(re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0])
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def declared(extra: str | None = None) -> set[str]:
+    project = _project()
+    names = {_requirement_name(r) for r in project["dependencies"]}
+    if extra:
+        names |= {_requirement_name(r) for r in project["optional-dependencies"][extra]}
+    return names
+
+
+def top_level_imports(folders) -> dict[str, set[str]]:
+    """Top-level module name -> files importing it (absolute imports only)."""
+    found: dict[str, set[str]] = {}
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def distributions_of(module: str) -> set[str]:
+    owners = {_normalise(d) for d in metadata.packages_distributions().get(module, [])}
+    if owners:
+        return owners
+    # a wheel whose top_level.txt names only its extension (dlib-bin lists _dlib_pybind11,
+    # not the dlib package beside it): look for the module among each distribution's files
+    for distribution in metadata.distributions():
+        for file in distribution.files or ():
+            parts = file.parts
+            if parts and (parts[0] == module or parts[0].split(".")[0] == module) and len(parts) <= 2:
+                owners.add(_normalise(distribution.metadata["Name"]))
+                break
+    return owners
+
+
+def undeclared(imports: dict[str, set[str]], allowed: set[str]) -> list[str]:
+    problems = []
+    for module, files in sorted(imports.items()):
+        if module in sys.stdlib_module_names or module in OWN or module in OPTIONAL:
+            continue
+        owners = distributions_of(module)
+        if not owners:
+            problems.append(f"{module} (imported by {', '.join(sorted(files))}): no installed distribution provides it")
+        elif not owners & allowed:
+            problems.append(f"{module} (imported by {', '.join(sorted(files))}) comes from {', '.join(sorted(owners))}, "
+                            "which pyproject.toml does not declare")
+    return problems
+
+
+# the conformance kit is pytest mixins: it runs under pytest, which the [test] extra brings
+KIT = "core/testing.py"
+
+
+def test_every_runtime_import_is_declared():
+    imports = top_level_imports(RUNTIME_SOURCES)
+    kit_only = {module for module, files in imports.items() if files == {KIT}}
+    problems = undeclared({m: f for m, f in imports.items() if m not in kit_only}, declared())
+    problems += undeclared({m: imports[m] for m in kit_only}, declared("test"))
+    assert not problems, "\n".join(problems)
+
+
+def test_every_test_import_is_declared():
+    # the tests may use the runtime dependencies and the [test] extra, nothing else
+    imports = top_level_imports(["tests"])
+    local = {path.stem for path in (ROOT / "tests").glob("*.py")} | {"tests"}
+    imports = {module: files for module, files in imports.items() if module not in local}
+    problems = undeclared(imports, declared("test"))
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_catches_an_undeclared_import():
+    # cv2 is provided by opencv-python-headless: without that declaration it must be reported
+    imports = {"cv2": {"plugins/models/yunet.py"}}
+    assert undeclared(imports, declared() - {"opencv-python-headless"})
+    assert not undeclared(imports, declared())
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not an exact pin"
+            pins[_normalise(name)] = version
+    return pins
+
+
+def test_the_lock_pins_every_declared_distribution_exactly():
+    pins = _lock()
+    missing = sorted((declared("test") - pins.keys()))
+    assert not missing, f"requirements.lock lacks {missing}: run `make lock`"
+
+
+@pytest.mark.skipif(not (ROOT / "requirements.lock").is_file(), reason="no lock file")
+def test_installed_versions_satisfy_the_declared_ranges():
+    # the environment the tests run in, locked or fresh, satisfies pyproject.toml's ranges
+    from packaging.requirements import Requirement
+
+    wrong = []
+    for requirement in _project()["dependencies"]:
+        parsed = Requirement(requirement)
+        installed = metadata.version(parsed.name)
+        if not parsed.specifier.contains(installed, prereleases=True):
+            wrong.append(f"{parsed.name} {installed} does not satisfy {parsed.specifier}")
+    assert not wrong, "\n".join(wrong)
