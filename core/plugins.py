@@ -7,6 +7,11 @@ Environment switches (read each time the manager is built):
   SYNFIQA_DISABLE_PLUGINS=1         load only the built-in plugins
   SYNFIQA_DISABLE_PLUGINS=a,b       skip these distributions or entry-point names
   SYNFIQA_PLUGINS=dist1,dist2       allow-list: built-ins plus these distributions only
+
+A third-party plugin that fails to import, that pluggy refuses, or whose registration hook
+raises (see synfiqa.registry) is skipped: a PluginWarning names it, its distribution, the
+error and the SYNFIQA_DISABLE_PLUGINS setting that silences it, and `failed` records it
+for `synfiqa plugins list`. A built-in that fails raises: that is a bug in synfiqa.
 """
 from __future__ import annotations
 
@@ -38,6 +43,17 @@ class FailedPlugin:
     name: str
     distribution: str
     error: str
+    disable: str = ""  # the setting that silences it: SYNFIQA_DISABLE_PLUGINS=<distribution>
+
+
+class PluginWarning(UserWarning):
+    """A third-party plugin was skipped (it failed to load or to register), or one of its
+    components was (its name is a built-in's). synfiqa goes on without it."""
+
+
+def disable_hint(distribution: str, entry_name: str = "") -> str:
+    """The environment setting that stops synfiqa loading this plugin."""
+    return f"SYNFIQA_DISABLE_PLUGINS={distribution if distribution != 'unknown' else entry_name or distribution}"
 
 
 def _csv_env(name: str) -> set[str]:
@@ -70,6 +86,19 @@ class SynfiqaPluginManager(pluggy.PluginManager):
         self.register(module, name=name)
         self.loaded.append(LoadedPlugin(name, module.__name__, distribution, version))
 
+    def fail(self, name: str, distribution: str, error: str) -> FailedPlugin:
+        """Skip a third-party plugin: unregister it (none of its hooks runs again), record
+        why in `failed` (what `synfiqa plugins list` shows) and warn, naming the plugin, its
+        distribution, the error and how to disable it."""
+        if self.has_plugin(name):
+            self.unregister(name=name)
+        self.loaded = [p for p in self.loaded if p.name != name]
+        failed = FailedPlugin(name, distribution, error, disable_hint(distribution, name))
+        self.failed.append(failed)
+        warnings.warn(f"synfiqa plugin {name!r} from {distribution} is skipped: {error}. None of its components "
+                      f"is registered; to stop loading it set {failed.disable}", PluginWarning, stacklevel=3)
+        return failed
+
     def load_entry_points(self):
         for entry_point in metadata.entry_points(group=GROUP):
             dist = entry_point.dist
@@ -79,11 +108,11 @@ class SynfiqaPluginManager(pluggy.PluginManager):
                 continue
             try:
                 module = entry_point.load()
+                self.register_module(module, distribution, version)
             except Exception as error:  # a broken third-party plugin must not break synfiqa
-                self.failed.append(FailedPlugin(entry_point.name, distribution, repr(error)))
-                warnings.warn(f"synfiqa plugin {entry_point.name!r} from {distribution} failed to load: {error!r}")
-                continue
-            self.register_module(module, distribution, version)
+                if distribution == BUILTIN_DISTRIBUTION:
+                    raise  # a built-in that cannot load is a bug in synfiqa, not something to skip
+                self.fail(entry_point.name, distribution, f"failed to load: {error!r}")
 
     def load_missing_builtins(self):
         """Built-in modules listed in registry.toml but absent from the installed entry points:

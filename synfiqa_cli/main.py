@@ -102,6 +102,7 @@ def plugins_list(as_json, kind):
             "components": [c.describe() for c in components],
             "plugins": [vars(p) for p in registry.manager.loaded],
             "failed": [vars(p) for p in registry.manager.failed],
+            "skipped": [vars(c) for c in registry.skipped],
         }
         click.echo(json.dumps(payload, indent=2, default=str))
         return
@@ -110,7 +111,11 @@ def plugins_list(as_json, kind):
         click.echo(f"{component.kind:<16} {component.name:<{width}}  {component.distribution} "
                    f"{component.version}  {component.summary}")
     for failed in registry.manager.failed:
-        click.echo(f"FAILED plugin {failed.name} ({failed.distribution}): {failed.error}")
+        click.echo(f"FAILED plugin {failed.name} ({failed.distribution}): {failed.error}"
+                   + (f"; to stop loading it: {failed.disable}" if failed.disable else ""))
+    for skipped in registry.skipped:
+        click.echo(f"SKIPPED {skipped.kind} {skipped.name!r} of plugin {skipped.plugin} "
+                   f"({skipped.distribution}): {skipped.reason}")
 
 
 @plugins.command("show")
