@@ -3,8 +3,10 @@
 OpenCV 4.10+ has two ONNX importers and needs ``engine=cv2.dnn.ENGINE_CLASSIC`` to take
 the one that reads older graphs such as SFace's; OpenCV 5 drops that constant (its one
 importer reads them) but refuses ``setInput(blob)`` without a name when a graph lists its
-initializers as inputs, as SFace's does. So: take the classic engine where it exists, and
-always feed the image input by its name, read from the graph.
+initializers as inputs, as SFace's does, and its results for one image change (in the last
+bits) with the batch it comes in. So: take the classic engine where it exists, always feed
+the image input by its name, read from the graph, and without the classic engine run one
+image at a time, so that an embedding never depends on its batch.
 """
 from __future__ import annotations
 
@@ -14,16 +16,19 @@ import numpy as np
 
 
 def image_input_name(model_file: str | Path) -> str:
-    """The graph input that is not an initializer (old exporters list weights as inputs too)."""
+    """The graph input that is fed from outside: old exporters also list weights as inputs,
+    stored as initializers, or left dangling beside their quantised copies (SFace's)."""
     import onnx
 
     graph = onnx.load(str(model_file), load_external_data=False).graph
-    weights = {initializer.name for initializer in graph.initializer}
-    names = [value.name for value in graph.input if value.name not in weights]
+    internal = {initializer.name for initializer in graph.initializer}
+    internal |= {output for node in graph.node for output in node.output}
+    consumed = {name for node in graph.node for name in node.input}
+    names = [value.name for value in graph.input if value.name not in internal and value.name in consumed]
     if len(names) != 1:
         from synfiqa.errors import CheckpointError
 
-        raise CheckpointError(f"{model_file}: {len(names)} image inputs ({', '.join(names)}); expected one")
+        raise CheckpointError(f"{model_file}: {len(names)} image inputs ({', '.join(names[:4])}); expected one")
     return names[0]
 
 
@@ -38,8 +43,15 @@ class OpenCVNet:
             self.net = cv2.dnn.readNetFromONNX(str(model_file))
         else:
             self.net = cv2.dnn.readNetFromONNX(str(model_file), engine=engine)
+        self.batch_invariant = engine is not None or not hasattr(cv2.dnn, "ENGINE_AUTO")
         self.input_name = image_input_name(model_file)
 
     def __call__(self, blob: np.ndarray) -> np.ndarray:
-        self.net.setInput(np.ascontiguousarray(blob, dtype=np.float32), self.input_name)
+        blob = np.ascontiguousarray(blob, dtype=np.float32)
+        if self.batch_invariant or len(blob) <= 1:
+            return self._forward(blob)
+        return np.concatenate([self._forward(blob[i:i + 1]) for i in range(len(blob))])
+
+    def _forward(self, blob: np.ndarray) -> np.ndarray:
+        self.net.setInput(blob, self.input_name)
         return np.asarray(self.net.forward())
