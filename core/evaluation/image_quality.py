@@ -8,18 +8,17 @@ embeddings itself.
 from __future__ import annotations
 
 import inspect
-import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform
 from synfiqa.errors import BadInputError, DataFileError
-from synfiqa.images import is_image_path, read_rgb, to_rgb_array
+from synfiqa.images import decode_rgb, is_image_path, read_rgb
 from synfiqa.models import pick_main_face
 
 CROP_SIZE = 112
@@ -68,10 +67,10 @@ def items_under(root: str | Path, names: list[str]) -> list[ImageItem]:
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return to_rgb_array(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return decode_rgb(data, name)
+    except BadInputError as error:
+        if error.reason in ("image-too-large", "too-small"):
+            raise
         raise BadInputError("unreadable-image", f"{name}: cannot decode the image ({error})") from None
 
 
