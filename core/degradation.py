@@ -8,6 +8,14 @@ is deterministic given the params, and a batch of N equals N single applications
 ``severity_axes`` names the recorded scalar parameters where a larger value means a
 worse sample; the spatial-domain (sd) score ranks every declared axis of every step,
 so a third-party degradation feeds the annotation without touching the core.
+
+The chain checks the contract where a plugin hands data back: every step's params
+(``DegradationChain.sample``) and output (``DegradationChain.apply``: a uint8 tensor of
+the input's shape) are checked and a PluginError names the step and its owner.
+``DegradationChain.probe`` runs each step once on a tiny fixed batch before a build
+writes anything and refuses a step that is not deterministic, whose output depends on
+the batch, that writes into its input, or that declares no severity axis (the kit in
+synfiqa.testing checks much more, but costs seconds, not milliseconds).
 """
 from __future__ import annotations
 
@@ -15,7 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
+from synfiqa.errors import PluginError
 from synfiqa.seeding import torch_generator
+
+# the probe batch: small, fixed, and the same in every run
+PROBE_IMAGES = 3
+PROBE_SEED = 20240229
 
 
 class Degradation:
@@ -63,6 +76,75 @@ def concat_params(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 class ChainStep:
     name: str
     degradation: object
+    owner: str = ""   # who provides it, for error messages: "plugin 'm' (dist 1.0)"
+
+    def describe(self) -> str:
+        return f"degradation {self.name!r}" + (f" of {self.owner}" if self.owner else "")
+
+
+def probe_images(n: int = PROBE_IMAGES, height: int = 112, width: int = 112) -> torch.Tensor:
+    """Fixed uint8 [n, 3, H, W] images with smooth shading, texture and edges (every kind
+    of damage shows on them), the same on every machine and in every run."""
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    coarse = torch.rand(n, 3, 4, 4, generator=generator, dtype=torch.float32)
+    shading = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    ys = torch.arange(height, dtype=torch.float32).view(1, 1, height, 1)
+    xs = torch.arange(width, dtype=torch.float32).view(1, 1, 1, width)
+    frequency = 0.3 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)
+    texture = torch.sin(frequency * xs) * torch.cos(0.7 * frequency * ys)
+    blocks = ((xs // 9 + ys // 13) % 2) * 2 - 1
+    image = 0.55 * shading + 0.15 * texture + 0.1 * blocks + 0.2
+    return (image.clamp(0, 1) * 220 + 16).round().to(torch.uint8)
+
+
+def probe_landmarks(n: int = PROBE_IMAGES, height: int = 112, width: int = 112) -> torch.Tensor:
+    """The ArcFace 112 template scaled to the image, float32 [n, 5, 2] as a build passes them."""
+    from synfiqa.align import ARCFACE_TEMPLATE_112
+
+    template = torch.tensor(ARCFACE_TEMPLATE_112, dtype=torch.float64)
+    template[:, 0] *= width / 112.0
+    template[:, 1] *= height / 112.0
+    return template.to(torch.float32).expand(n, 5, 2).clone()
+
+
+def check_params_of(step: ChainStep, params, n: int) -> dict[str, torch.Tensor]:
+    """sample_params' result at the boundary: a dict of tensors whose first dimension is n."""
+    if not isinstance(params, dict):
+        raise PluginError(f"{step.describe()}: sample_params returned a {type(params).__name__}, "
+                          f"not a dict of tensors")
+    for key, value in params.items():
+        if not isinstance(key, str):
+            raise PluginError(f"{step.describe()}: sample_params returned a key {key!r} that is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise PluginError(f"{step.describe()}: sample_params returned params[{key!r}] as a "
+                              f"{type(value).__name__}, not a torch.Tensor")
+        if value.dim() == 0 or value.shape[0] != n:
+            raise PluginError(f"{step.describe()}: sample_params({n}) returned params[{key!r}] of shape "
+                              f"{tuple(value.shape)}; its first dimension must be {n}, one row per sample")
+    return params
+
+
+def check_output_of(step: ChainStep, images: torch.Tensor, out) -> torch.Tensor:
+    """apply's result at the boundary: a uint8 tensor of the input's [N, 3, H, W] shape,
+    on the input's device."""
+    if not isinstance(out, torch.Tensor):
+        raise PluginError(f"{step.describe()}: apply returned a {type(out).__name__}, not a torch.Tensor; "
+                          f"a degradation returns uint8 images [N, 3, H, W] like its input")
+    if out.dtype != torch.uint8:
+        raise PluginError(f"{step.describe()}: apply returned {str(out.dtype).removeprefix('torch.')} images; "
+                          f"a degradation returns uint8 (0..255) [N, 3, H, W] like its input")
+    if out.shape != images.shape:
+        raise PluginError(f"{step.describe()}: apply returned shape {list(out.shape)} for input of shape "
+                          f"{list(images.shape)}; a degradation keeps the batch size, the 3 channels and "
+                          f"the image size")
+    if out.device != images.device:
+        raise PluginError(f"{step.describe()}: apply returned images on {out.device} for input on "
+                          f"{images.device}")
+    return out
+
+
+def _rows(params: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    return {key: value[index : index + 1] for key, value in params.items()}
 
 
 class DegradationChain:
@@ -80,8 +162,12 @@ class DegradationChain:
         """The chain `degrade.chain` names, each step built with its `degrade.params`."""
         from synfiqa.config import component_params
 
-        return cls([ChainStep(name, registry.create("degradation", name, **component_params(config, "degrade", name)))
-                    for name in config["degrade"]["chain"]])
+        steps = []
+        for name in config["degrade"]["chain"]:
+            component = registry.get("degradation", name)
+            steps.append(ChainStep(name, registry.create("degradation", name, **component_params(config, "degrade", name)),
+                                   owner=f"plugin {component.plugin!r} ({component.distribution} {component.version})"))
+        return cls(steps)
 
     @property
     def severity_axes(self) -> list[str]:
@@ -90,18 +176,105 @@ class DegradationChain:
     def sample(self, run_seed: int, identity: str, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         sampled = []
         for step in self.steps:
-            per_sample = [
-                step.degradation.sample_params(1, torch_generator(run_seed, identity, index, f"degrade/{step.name}"))
-                for index in indices
-            ]
-            sampled.append(concat_params(per_sample))
+            per_sample = [self._sample_one(step, run_seed, identity, index) for index in indices]
+            sampled.append(self._concat(step, per_sample))
         return sampled
+
+    @staticmethod
+    def _sample_one(step: ChainStep, run_seed: int, identity: str, index: int) -> dict[str, torch.Tensor]:
+        generator = torch_generator(run_seed, identity, index, f"degrade/{step.name}")
+        return check_params_of(step, step.degradation.sample_params(1, generator), 1)
+
+    @staticmethod
+    def _concat(step: ChainStep, per_sample: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        keys = [sorted(params) for params in per_sample]
+        if any(k != keys[0] for k in keys):
+            raise PluginError(f"{step.describe()}: sample_params returned different keys for different samples "
+                              f"({keys[0]} and {next(k for k in keys if k != keys[0])})")
+        try:
+            return concat_params(per_sample)
+        except RuntimeError as error:
+            raise PluginError(f"{step.describe()}: the params of different samples do not stack "
+                              f"({' '.join(str(error).split())})") from None
 
     def apply(self, images: torch.Tensor, sampled: list[dict[str, torch.Tensor]],
               landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        """Every step in order; each step's output is checked before the next step (or the
+        caller) sees it, and a bad one raises a PluginError that names the step."""
         for step, params in zip(self.steps, sampled):
-            images = step.degradation.apply(images, params, landmarks=landmarks)
+            images = self._apply_step(step, images, params, landmarks)
         return images
+
+    @staticmethod
+    def _apply_step(step: ChainStep, images: torch.Tensor, params: dict[str, torch.Tensor],
+                    landmarks: torch.Tensor | None) -> torch.Tensor:
+        try:
+            out = step.degradation.apply(images, params, landmarks=landmarks)
+        except Exception as error:
+            error.add_note(f"raised by {step.describe()}")
+            raise
+        return check_output_of(step, images, out)
+
+    def probe(self, image_size: int | tuple[int, int] = 112) -> None:
+        """Run every step once on a tiny fixed batch (PROBE_IMAGES images, ArcFace-template
+        landmarks) before a build writes anything, and raise a PluginError naming the first
+        step that breaks the contract: no severity axis declared, params of the wrong form,
+        sample_params not pure given its generator, output of the wrong type or shape,
+        apply writing into its input, not deterministic, or a batch giving other results
+        than its images one at a time. Milliseconds for the built-ins."""
+        if not self.steps:
+            return
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        images = probe_images(PROBE_IMAGES, height, width)
+        landmarks = probe_landmarks(PROBE_IMAGES, height, width)
+        for step in self.steps:
+            try:
+                images = self._probe_step(step, images, landmarks)
+            except PluginError:
+                raise
+            except Exception as error:
+                raise PluginError(f"{step.describe()} failed on synfiqa's probe batch ({PROBE_IMAGES} images of "
+                                  f"{width}x{height}): {' '.join(repr(error).split())}") from error
+
+    def _probe_step(self, step: ChainStep, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        axes = getattr(step.degradation, "severity_axes", None)
+        if not isinstance(axes, (tuple, list)) or not all(isinstance(axis, str) and axis for axis in axes):
+            raise PluginError(f"{step.describe()}: severity_axes must be a tuple of parameter names, got {axes!r}")
+        if not axes:
+            raise PluginError(f"{step.describe()} declares no severity axis; the sd score needs at least one "
+                              f"(severity_axes: the recorded params where larger means worse)")
+        n = len(images)
+        per_sample = [self._sample_one(step, PROBE_SEED, "probe", index) for index in range(n)]
+        again = self._sample_one(step, PROBE_SEED, "probe", 0)
+        if again.keys() != per_sample[0].keys() or not all(torch.equal(again[k], per_sample[0][k]) for k in again):
+            raise PluginError(f"{step.describe()}: sample_params is not pure: the same generator state gave "
+                              f"different params (draw from the generator it is given, nothing else)")
+        params = self._concat(step, per_sample)
+        check_params_of(step, step.degradation.sample_params(n, torch.Generator().manual_seed(PROBE_SEED)), n)
+        for axis in axes:
+            value = params.get(axis)
+            if value is None or not value.is_floating_point() or value.dim() != 1:
+                raise PluginError(f"{step.describe()}: severity axis {axis!r} must be a 1-D float param "
+                                  + ("(it is not among the params)" if value is None
+                                     else f"(it is {str(value.dtype).removeprefix('torch.')} of shape "
+                                          f"{list(value.shape)})"))
+            if not bool(torch.isfinite(value).all()):
+                raise PluginError(f"{step.describe()}: severity axis {axis!r} has NaN or infinity")
+        before = images.clone()
+        first = self._apply_step(step, images, params, landmarks)
+        if not torch.equal(images, before):
+            raise PluginError(f"{step.describe()}: apply writes into its input images; it must return new ones")
+        second = self._apply_step(step, images, params, landmarks)
+        if not torch.equal(first, second):
+            raise PluginError(f"{step.describe()} is not deterministic: the same images and params gave different "
+                              f"output (draw randomness in sample_params, or from a seed it records)")
+        for index in range(n):
+            single = self._apply_step(step, images[index : index + 1], _rows(params, index),
+                                      landmarks[index : index + 1])
+            if not torch.equal(single, first[index : index + 1]):
+                raise PluginError(f"{step.describe()}: output depends on the batch: probe image {index} comes out "
+                                  f"differently alone than in a batch of {n}")
+        return first
 
     def records(self, sampled: list[dict[str, torch.Tensor]], n: int) -> list[dict[str, float]]:
         rows = [dict() for _ in range(n)]

@@ -1,18 +1,24 @@
 """The plugin boundary: a third-party plugin that fails to register is named and skipped,
 never fatal; a third-party name that takes a built-in's is skipped (the built-in wins); two
 third-party plugins with one name stop with the way to disable one; a registration hook
-registers its own kind only; built-in failures still raise (they are bugs)."""
+registers its own kind only; built-in failures still raise (they are bugs). Degradations:
+the chain checks every step's params and output and names the step; DegradationChain.probe
+refuses, before a build writes anything, a step that is not deterministic, depends on the
+batch, writes into its input or declares no severity axis."""
 from __future__ import annotations
 
 import json
 import textwrap
+import time
 import types
 import warnings
 
 import pytest
+import torch
 from click.testing import CliRunner
 
-from synfiqa.errors import DuplicateComponentError, UnknownComponentError
+from synfiqa.degradation import PROBE_IMAGES, ChainStep, DegradationChain, probe_images
+from synfiqa.errors import DuplicateComponentError, PluginError, UnknownComponentError
 from synfiqa.plugins import PluginWarning, SynfiqaPluginManager
 from synfiqa.registry import Registry
 from synfiqa_cli.main import cli
@@ -276,3 +282,229 @@ def test_malformed_registrations_skip_the_plugin(call, why):
         registry = registry_with(("malformed_plugin", "malformed", source))
     assert [f.distribution for f in registry.manager.failed] == ["malformed"]
     assert registry.find("stamp") == []
+
+
+# ------------------------------------------------------------ degradations at the chain's boundary
+
+
+class Good:
+    """A well-behaved degradation: darkens by a seeded amount, sample by sample."""
+
+    severity_axes = ("amount",)
+
+    def sample_params(self, n, generator):
+        return {"amount": torch.rand(n, generator=generator, dtype=torch.float64)}
+
+    def apply(self, images, params, landmarks=None):
+        scale = (1 - 0.5 * params["amount"]).view(-1, 1, 1, 1)
+        return (images.to(torch.float64) * scale).round().to(torch.uint8)
+
+
+class FloatOutput(Good):
+    def apply(self, images, params, landmarks=None):
+        return images.to(torch.float32) / 255
+
+
+class WrongShape(Good):
+    def apply(self, images, params, landmarks=None):
+        return images[:, :, ::2, ::2].contiguous()
+
+
+class NotATensor(Good):
+    def apply(self, images, params, landmarks=None):
+        return images.permute(0, 2, 3, 1).numpy()
+
+
+class DropsASample(Good):
+    def apply(self, images, params, landmarks=None):
+        return images[1:].clone()
+
+
+class Nondeterministic(Good):
+    def apply(self, images, params, landmarks=None):
+        noise = torch.randint(0, 8, images.shape, dtype=torch.uint8)  # the global generator
+        return images // 2 + noise
+
+
+class BatchDependent(Good):
+    def apply(self, images, params, landmarks=None):
+        # normalises by the batch's mean brightness: a sample's result depends on its neighbours
+        return (images.to(torch.float64) * 100 / images.to(torch.float64).mean()).clamp(0, 255).to(torch.uint8)
+
+
+class NoAxis(Good):
+    severity_axes = ()
+
+
+class AxisNotAParam(Good):
+    severity_axes = ("strength",)
+
+
+class IntegerAxis(Good):
+    def sample_params(self, n, generator):
+        return {"amount": torch.randint(0, 5, (n,), generator=generator)}
+
+
+class WritesIntoItsInput(Good):
+    def apply(self, images, params, landmarks=None):
+        images //= 2
+        return images.clone()
+
+
+class ImpureParams(Good):
+    def sample_params(self, n, generator):
+        return {"amount": torch.rand(n, dtype=torch.float64)}  # ignores the generator
+
+
+class ParamsOfWrongLength(Good):
+    def sample_params(self, n, generator):
+        return {"amount": torch.rand(n, generator=generator, dtype=torch.float64), "table": torch.zeros(5)}
+
+
+class ParamsAsFloats(Good):
+    def sample_params(self, n, generator):
+        return {"amount": [0.5] * n}
+
+
+class RaisesOnApply(Good):
+    def apply(self, images, params, landmarks=None):
+        raise KeyError("landmarks_68")
+
+
+def chain_of(degradation, name="odd") -> DegradationChain:
+    return DegradationChain([ChainStep(name, degradation, owner="plugin 'odd_plugin' (odd-dist 1.0)")])
+
+
+def probe_inputs(chain, n=2):
+    images = probe_images(n)
+    return images, chain.sample(1, "someone", list(range(n)))
+
+
+@pytest.mark.parametrize("degradation, what", [
+    (FloatOutput(), "apply returned float32 images; a degradation returns uint8"),
+    (WrongShape(), "apply returned shape [2, 3, 56, 56] for input of shape [2, 3, 112, 112]"),
+    (NotATensor(), "apply returned a ndarray, not a torch.Tensor"),
+    (DropsASample(), "apply returned shape [1, 3, 112, 112] for input of shape [2, 3, 112, 112]"),
+], ids=["float", "shape", "numpy", "drops-a-sample"])
+def test_apply_checks_every_steps_output_and_names_the_step(degradation, what):
+    chain = DegradationChain([ChainStep("first", Good()), ChainStep("odd", degradation, owner="plugin 'odd_plugin' "
+                                                                                              "(odd-dist 1.0)")])
+    images, sampled = probe_inputs(chain)
+    with pytest.raises(PluginError) as raised:
+        chain.apply(images, sampled)
+    message = str(raised.value)
+    assert message.startswith("degradation 'odd' of plugin 'odd_plugin' (odd-dist 1.0): ")
+    assert what in message and "\n" not in message
+
+
+def test_a_good_chain_applies_unchanged():
+    chain = DegradationChain([ChainStep("one", Good()), ChainStep("two", Good())])
+    images, sampled = probe_inputs(chain, n=4)
+    out = chain.apply(images, sampled)
+    expected = images
+    for step, params in zip(chain.steps, sampled):
+        expected = step.degradation.apply(expected, params)
+    assert torch.equal(out, expected)
+    chain.probe()
+
+
+def test_an_error_inside_a_step_is_noted_with_the_step():
+    chain = chain_of(RaisesOnApply())
+    images, sampled = probe_inputs(chain)
+    with pytest.raises(KeyError) as raised:
+        chain.apply(images, sampled)
+    assert any("degradation 'odd' of plugin 'odd_plugin'" in note for note in raised.value.__notes__)
+
+
+@pytest.mark.parametrize("degradation", [ParamsOfWrongLength(), ParamsAsFloats()], ids=["length", "list"])
+def test_sample_checks_the_params(degradation):
+    with pytest.raises(PluginError, match="degradation 'odd' of plugin 'odd_plugin'.*sample_params"):
+        chain_of(degradation).sample(1, "someone", [0, 1])
+
+
+@pytest.mark.parametrize("degradation, why", [
+    (Nondeterministic(), "is not deterministic: the same images and params gave different output"),
+    (BatchDependent(), "output depends on the batch: probe image 0 comes out differently alone"),
+    (NoAxis(), "declares no severity axis; the sd score needs at least one"),
+    (AxisNotAParam(), "severity axis 'strength' must be a 1-D float param (it is not among the params)"),
+    (IntegerAxis(), "severity axis 'amount' must be a 1-D float param (it is int64"),
+    (WritesIntoItsInput(), "apply writes into its input images"),
+    (ImpureParams(), "sample_params is not pure"),
+    (ParamsOfWrongLength(), "returned params['table'] of shape (5,); its first dimension must be 1"),
+    (FloatOutput(), "apply returned float32 images"),
+    (WrongShape(), "apply returned shape [3, 3, 56, 56] for input of shape [3, 3, 112, 112]"),
+    (RaisesOnApply(), f"failed on synfiqa's probe batch ({PROBE_IMAGES} images of 112x112): KeyError('landmarks_68')"),
+], ids=["nondeterministic", "batch-dependent", "no-axis", "axis-not-a-param", "integer-axis", "writes-input",
+        "impure-params", "params-length", "float", "shape", "raises"])
+def test_probe_refuses_a_step_that_breaks_the_contract(degradation, why):
+    chain = DegradationChain([ChainStep("first", Good()), ChainStep("odd", degradation, owner="plugin 'odd_plugin' "
+                                                                                              "(odd-dist 1.0)")])
+    with pytest.raises(PluginError) as raised:
+        chain.probe()
+    message = str(raised.value)
+    assert "degradation 'odd' of plugin 'odd_plugin' (odd-dist 1.0)" in message
+    assert why in message, message
+    assert "\n" not in message
+
+
+def test_the_owner_comes_from_the_registry():
+    source = HEADER + """
+    class Floaty(Stamp):
+        def apply(self, images, params, landmarks=None):
+            return images.float()
+
+    @hookimpl
+    def register_degradations(register):
+        register("floaty", Floaty)
+"""
+    registry = registry_with(("floaty_plugin", "floaty-dist", source))
+    chain = DegradationChain.from_config({"degrade": {"chain": ["floaty"], "params": {}}}, registry)
+    with pytest.raises(PluginError, match=r"degradation 'floaty' of plugin 'floaty_plugin' \(floaty-dist 1.0\): "
+                                          r"apply returned float32 images"):
+        chain.probe()
+
+
+def test_probe_passes_every_builtin_and_costs_little(registry_session, one_torch_thread):
+    from synfiqa.catalogue import load_catalogue
+
+    catalogue, _ = load_catalogue()
+    names = sorted(name for kind, name in catalogue if kind == "degradation")
+    params = {"blur-downscale": {"mode": "reference"}}  # no compile inside a test
+    chain = DegradationChain([ChainStep(name, registry_session.create("degradation", name, **params.get(name, {})))
+                              for name in names])
+    chain.probe()
+    chain.probe(96)
+    chain.probe((96, 80))
+    started = time.perf_counter()
+    chain.probe()
+    # ~0.2 s for all seven on a quiet core (blur-downscale's reference mode is most of it);
+    # a build runs one chain, and a loaded shared machine is slower
+    assert time.perf_counter() - started < 5.0
+
+
+def test_an_empty_chain_probes_to_nothing():
+    DegradationChain([]).probe()
+
+
+def test_a_build_names_the_plugin_whose_output_is_wrong(tmp_path, monkeypatch, faces_dir):
+    """End to end: a plugin returning float images stops `synfiqa build` with one line naming
+    it (exit code 2), not a PIL error deep in the JPEG writer."""
+    write_distribution(tmp_path / "site", "floaty-dist", "floaty_plugin", HEADER + """
+    class Floaty(Stamp):
+        def apply(self, images, params, landmarks=None):
+            return images.float()
+
+    @hookimpl
+    def register_degradations(register):
+        register("floaty", Floaty)
+""")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delenv("SYNFIQA_DISABLE_PLUGINS")
+    result = CliRunner().invoke(cli, ["build", "--out", str(tmp_path / "out"), "--input", str(faces_dir),
+                                      "--set", "run.degraded=1", "--set", 'degrade.chain=["floaty"]',
+                                      "--set", 'annotate.chain=["sd"]', "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    assert "degradation 'floaty' of plugin 'floaty_plugin' (floaty-dist 1.0)" in lines[0]
+    assert "float32" in lines[0]
