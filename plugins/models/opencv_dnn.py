@@ -1,12 +1,15 @@
 """OpenCV's DNN module for ONNX face models, on OpenCV 4.x and 5.x alike.
 
-OpenCV 4.10+ has two ONNX importers and needs ``engine=cv2.dnn.ENGINE_CLASSIC`` to take
-the one that reads older graphs such as SFace's; OpenCV 5 drops that constant (its one
-importer reads them) but refuses ``setInput(blob)`` without a name when a graph lists its
-initializers as inputs, as SFace's does, and its results for one image change (in the last
-bits) with the batch it comes in. So: take the classic engine where it exists, always feed
-the image input by its name, read from the graph, and without the classic engine run one
-image at a time, so that an embedding never depends on its batch.
+What differs between releases, measured on SFace's int8 graph:
+* 5.0 has two ONNX importers; ``engine=cv2.dnn.ENGINE_CLASSIC`` reads SFace's graph and runs
+  a batch as well as its images one by one.
+* 5.1 drops that constant; its one importer refuses ``setInput(blob)`` without a name (SFace
+  lists weights as graph inputs too), and an image's result changes in the last bits with
+  the batch it comes in.
+* 4.x (4.12, 4.13) has one importer that runs single images right but returns garbage for
+  every image after the first of a batch.
+So: the classic engine where it exists, batched; everywhere else the image input fed by its
+name, one image at a time, so that an embedding never depends on its batch.
 """
 from __future__ import annotations
 
@@ -38,20 +41,23 @@ class OpenCVNet:
     def __init__(self, model_file: str | Path):
         import cv2
 
-        engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)  # 4.10+: the importer that reads older graphs
+        engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)  # 5.0 only
         if engine is None:
             self.net = cv2.dnn.readNetFromONNX(str(model_file))
         else:
             self.net = cv2.dnn.readNetFromONNX(str(model_file), engine=engine)
-        self.batch_invariant = engine is not None or not hasattr(cv2.dnn, "ENGINE_AUTO")
-        self.input_name = image_input_name(model_file)
+        self.classic = engine is not None
+        self.input_name = None if self.classic else image_input_name(model_file)
 
     def __call__(self, blob: np.ndarray) -> np.ndarray:
         blob = np.ascontiguousarray(blob, dtype=np.float32)
-        if self.batch_invariant or len(blob) <= 1:
+        if self.classic or len(blob) <= 1:
             return self._forward(blob)
         return np.concatenate([self._forward(blob[i:i + 1]) for i in range(len(blob))])
 
     def _forward(self, blob: np.ndarray) -> np.ndarray:
-        self.net.setInput(blob, self.input_name)
+        if self.classic:  # the classic importer takes its first input as the image, as before 5.1
+            self.net.setInput(blob)
+        else:
+            self.net.setInput(blob, self.input_name)
         return np.asarray(self.net.forward())
