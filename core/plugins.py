@@ -99,6 +99,24 @@ class SynfiqaPluginManager(pluggy.PluginManager):
                       f"is registered; to stop loading it set {failed.disable}", PluginWarning, stacklevel=3)
         return failed
 
+    def add_commands(self, cli) -> None:
+        """Let every plugin add its click commands, one plugin at a time: a third-party
+        plugin whose register_commands raises is skipped (see `fail`) and whatever it added
+        before raising is taken out again; the others' commands stay."""
+        owners = {p.name: p.distribution for p in self.loaded}
+        for impl in self.hook.register_commands.get_hookimpls():
+            before = dict(getattr(cli, "commands", {}))
+            try:
+                impl.function(cli=cli)
+            except Exception as error:
+                distribution = owners.get(impl.plugin_name, "unknown")
+                if distribution == BUILTIN_DISTRIBUTION:
+                    raise
+                if hasattr(cli, "commands"):
+                    cli.commands.clear()
+                    cli.commands.update(before)
+                self.fail(impl.plugin_name, distribution, f"register_commands raised {' '.join(repr(error).split())}")
+
     def load_entry_points(self):
         for entry_point in metadata.entry_points(group=GROUP):
             dist = entry_point.dist

@@ -508,3 +508,42 @@ def test_a_build_names_the_plugin_whose_output_is_wrong(tmp_path, monkeypatch, f
     assert len(lines) == 1, result.output
     assert "degradation 'floaty' of plugin 'floaty_plugin' (floaty-dist 1.0)" in lines[0]
     assert "float32" in lines[0]
+
+
+def test_a_plugin_whose_commands_fail_is_named_and_the_others_keep_theirs():
+    import click
+
+    good = """
+    import click
+    from synfiqa import hookimpl
+
+    @hookimpl
+    def register_commands(cli):
+        @cli.command("hello")
+        def hello():
+            click.echo("hi")
+"""
+    bad = """
+    import click
+    from synfiqa import hookimpl
+
+    @hookimpl
+    def register_commands(cli):
+        @cli.command("half")
+        def half():
+            pass
+        raise RuntimeError("no terminal colours")
+"""
+
+    @click.group()
+    def group():
+        pass
+
+    manager = SynfiqaPluginManager()
+    manager.register_module(plugin_module("good_commands", good), "good-dist", "1.0")
+    manager.register_module(plugin_module("bad_commands", bad), "bad-dist", "1.0")
+    with pytest.warns(PluginWarning, match="'bad_commands' from bad-dist.*no terminal colours.*"
+                                           "SYNFIQA_DISABLE_PLUGINS=bad-dist"):
+        manager.add_commands(group)
+    assert sorted(group.commands) == ["hello"]
+    assert [f.distribution for f in manager.failed] == ["bad-dist"]
