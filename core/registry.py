@@ -177,7 +177,11 @@ class Registry:
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         listing = f" Known: {', '.join(known)}." if known else f" No {kind} is registered."
-        raise UnknownComponentError(f"no {kind} named {name!r}.{hint}{listing}")
+        failed = self.manager.failed
+        skipped = (f" Skipped plugins, which may have offered it: "
+                   f"{', '.join(f'{f.name} ({f.distribution})' for f in failed)}; see `synfiqa plugins list`."
+                   if failed else "")
+        raise UnknownComponentError(f"no {kind} named {name!r}.{hint}{listing}{skipped}")
 
     def find(self, name: str) -> list[Component]:
         return [c for (_, n), c in self._components.items() if n == name]

@@ -93,7 +93,8 @@ def test_a_plugin_whose_hook_raises_is_named_and_skipped():
     assert "config file ~/.stamprc is missing" in message
     assert "SYNFIQA_DISABLE_PLUGINS=stamp-dist" in message
     # none of its components, also not those its other hook registered fine
-    with pytest.raises(UnknownComponentError):
+    with pytest.raises(UnknownComponentError, match=r"Skipped plugins, which may have offered it: "
+                                                   r"stamp_plugin \(stamp-dist\); see `synfiqa plugins list`"):
         registry.get("degradation", "stamp")
     with pytest.raises(UnknownComponentError):
         registry.get("fiqa", "stamp-scorer")
