@@ -220,10 +220,22 @@ def annotate_dataset(config: dict, root: str | Path, *, intensities: str | Path 
     """Score every degraded sample of the dataset in `root`; writes Quality-Scores.txt,
     annotations.jsonl (one row per degraded sample: scores, partial notes, or why it was
     skipped) and annotation-summary.json. Returns that summary."""
+    from synfiqa.dataset import DatasetDir
+
+    folder = DatasetDir(root)
+    if Path(root).is_dir():
+        folder.acquire()  # a build or another annotate in the same folder would interleave writes
+    try:
+        return _annotate_dataset(config, Path(root), intensities=intensities, axes=axes, registry=registry,
+                                 echo=echo, progress=progress)
+    finally:
+        folder.release()
+
+
+def _annotate_dataset(config: dict, root: Path, *, intensities, axes, registry, echo, progress) -> dict:
     from synfiqa.registry import get_registry
 
     started = time.perf_counter()
-    root = Path(root)
     registry = registry or get_registry()
     layout = scan_dataset(root)
     recorded, recorded_axes = read_intensities(root, Path(intensities) if intensities else None, registry)
@@ -239,6 +251,11 @@ def annotate_dataset(config: dict, root: str | Path, *, intensities: str | Path 
     if not any(a.provides for _, a in annotators):
         raise ConfigError("annotate.chain holds no available annotator: nothing to score")
     _check_intensities(layout, recorded, severity_axes, annotators)
+    present = {quality_key(identity, name) for identity, files in layout.items() for name in files["degraded"]}
+    missing_files = sorted(key for key in recorded if key not in present)
+    if missing_files:  # recorded in the manifest (or the intensities file) but gone from data/
+        shown = ", ".join(missing_files[:5]) + (", ..." if len(missing_files) > 5 else "")
+        echo(f"annotate: {len(missing_files)} recorded samples are missing from data/ and are not scored: {shown}")
 
     work = root / ".synfiqa" / "annotate"
     work.mkdir(parents=True, exist_ok=True)
@@ -296,6 +313,8 @@ def annotate_dataset(config: dict, root: str | Path, *, intensities: str | Path 
     annotation_rows += [{"path": key, "role": "degraded", "status": "skipped", **why} for key, why in skipped.items()]
     annotation_rows += [{"path": key, "role": "reference", "status": "skipped", **why}
                         for key, why in references_skipped.items()]
+    annotation_rows += [{"path": key, "role": "degraded", "status": "missing", "reason": "missing-file",
+                         "detail": "recorded, but the file is not in data/"} for key in missing_files]
     annotation_rows.sort(key=lambda row: row["path"])
     write_text_atomic(root / "annotations.jsonl",
                       "".join(json.dumps(row, sort_keys=True) + "\n" for row in annotation_rows))
@@ -305,6 +324,7 @@ def annotate_dataset(config: dict, root: str | Path, *, intensities: str | Path 
                "references_skipped": len(references_skipped), "label": result.label,
                "severity_axes": ([YAW_AXIS] if _needs_yaw(annotators) else []) + list(severity_axes),
                "missing_domains": result.missing, "samples_scored_now": scored_now,
+               "missing_samples": len(missing_files),
                "seconds": round(seconds, 3), "per_identity_seconds": round(per_identity_seconds, 3)}
     write_text_atomic(root / "annotation-summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     for line in result.summary_lines():

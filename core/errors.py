@@ -43,3 +43,7 @@ class CheckpointError(SynfiqaError):
 
 class DataFileError(SynfiqaError):
     """A pairs, embeddings or quality file is malformed or incomplete (the message names the file and line)."""
+
+
+class OutputWriteError(SynfiqaError):
+    """The output could not be written (a full disk, a read-only folder); nothing half-written is left."""

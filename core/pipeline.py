@@ -22,9 +22,9 @@ from synfiqa.annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml
 from synfiqa.context import RunContext
-from synfiqa.dataset import DatasetDir, quality_key
+from synfiqa.dataset import DatasetDir, identity_folder_name, quality_key
 from synfiqa.degradation import DegradationChain
-from synfiqa.errors import BadInputError
+from synfiqa.errors import BadInputError, ConfigError
 from synfiqa.filtering import filter_for_build
 from synfiqa.generation import Identity, SourceImage
 from synfiqa.images import encode_jpeg, write_atomic
@@ -39,6 +39,20 @@ class AlignedPhoto:
     crop: np.ndarray          # 112x112x3 uint8
     landmarks: np.ndarray     # [5, 2] in crop pixels
     abs_yaw: float
+    notes: tuple[str, ...] = ()   # what a person should know about the photo (manifest "notes")
+
+
+def face_notes(faces: list, face) -> tuple[str, ...]:
+    """Notes on the detection of a photo: several faces (the largest was used), and landmark
+    geometry no upright face has (eyes below the mouth: an upside-down photo without an EXIF
+    tag, or a detector error), which alignment would turn into an upside-down crop."""
+    notes = []
+    if len(faces) > 1:
+        notes.append(f"{len(faces)} faces found; the largest was used")
+    points = np.asarray(face.landmarks, dtype=np.float64)  # eyes, nose, mouth corners
+    if points[:2, 1].mean() >= points[3:, 1].mean():
+        notes.append("implausible landmarks: the eyes are not above the mouth (upside-down photo?)")
+    return tuple(notes)
 
 
 @dataclass
@@ -88,14 +102,15 @@ class Pipeline:
                 if min(image.shape[:2]) < smallest:
                     raise BadInputError("image-too-small", f"{source.key}: {image.shape[1]}x{image.shape[0]} pixels "
                                         f"cannot hold a face of the detector's minimum size ({smallest} px)")
-                face = pick_main_face(self.detector.detect(image))
+                faces = self.detector.detect(image)
+                face = pick_main_face(faces)
                 if face is None:
                     raise BadInputError("no-face", f"{source.key}: no face found")
                 crop, matrix = align_face(image, face.landmarks, size)
                 landmarks = apply_transform(matrix, face.landmarks)
                 yaw = float(self.pose.estimate(torch.from_numpy(crop).permute(2, 0, 1)[None],
                                                torch.from_numpy(landmarks)[None])[0, 0])
-                aligned.append(AlignedPhoto(source.key, crop, landmarks, abs(yaw)))
+                aligned.append(AlignedPhoto(source.key, crop, landmarks, abs(yaw), face_notes(faces, face)))
             except BadInputError as error:
                 skipped.append({"identity": identity.name, "role": "source", "source": source.key,
                                 "status": "skipped", "reason": error.reason, "detail": str(error)})
@@ -120,7 +135,7 @@ class Pipeline:
             references.append(save(f"Ref-{k}.jpg", photo.crop))
             rows.append({"identity": identity.name, "index": k, "role": "reference", "status": "ok",
                          "path": f"data/{identity.name}/Ref-{k}.jpg", "source": photo.key,
-                         "params": {"pose.abs_yaw": photo.abs_yaw}})
+                         "params": {"pose.abs_yaw": photo.abs_yaw}, **_notes(photo)})
         reference_tensor = torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).contiguous()
 
         indices = list(range(run["degraded"]))
@@ -142,7 +157,7 @@ class Pipeline:
             rows.append({"identity": identity.name, "index": k, "role": "degraded", "status": "ok",
                          "path": f"data/{identity.name}/{k}.jpg", "source": source.key,
                          "params": {"pose.abs_yaw": source.abs_yaw, **record},
-                         "scores": {key: values[k] for key, values in scores.items()}})
+                         "scores": {key: values[k] for key, values in scores.items()}, **_notes(source)})
         return {"identity": identity.name, "status": "ok", "rows": rows}
 
     # ------------------------------------------------------------ dataset wide
@@ -170,12 +185,14 @@ class Pipeline:
             for row in degraded:
                 quality[quality_key(row["identity"], Path(row["path"]).name)] = row["scores"][annotated.label]
         skipped = Counter(row["reason"] for row in rows if row["status"] == "skipped")
+        noted = sorted({(row["identity"], row["source"]) for row in rows if row.get("notes")})
         summary = {
             "identities": len(records),
             "identities_skipped": sum(1 for r in records if r["status"] != "ok"),
             "references": sum(1 for row in rows if row["role"] == "reference"),
             "degraded": len(degraded),
             "photos_skipped": dict(sorted(skipped.items())),
+            "photos_with_notes": len(noted),
             "unavailable_annotators": self.unavailable,
             "quality_score": annotated.label,
             "missing_domains": annotated.missing,
@@ -184,10 +201,23 @@ class Pipeline:
         return rows, quality, summary
 
 
-def identity_folder_name(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
-        raise BadInputError("bad-identity-name", f"identity name {name!r} cannot be a folder name")
-    return name
+def _notes(photo: AlignedPhoto) -> dict:
+    return {"notes": list(photo.notes)} if photo.notes else {}
+
+
+def check_input_and_output(pipeline: "Pipeline", out: Path) -> None:
+    """A build reading a folder must not write into it (a second run would read the first
+    run's crops as an identity), nor into a folder around it (--overwrite removes data/)."""
+    source = getattr(pipeline.generator, "path", None)
+    if source is None:
+        return
+    source, target = Path(source).resolve(), Path(out).resolve()
+    if target == source or target.is_relative_to(source):
+        raise ConfigError(f"--out {out} lies inside the input folder {source}: a later run would read the "
+                          "build's own images as photos. Choose an --out outside it.")
+    if source.is_relative_to(target):
+        raise ConfigError(f"the input folder {source} lies inside --out {out}: choose an --out that does not hold "
+                          "your photos.")
 
 
 def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tuple[int, int] | None = None,
@@ -197,6 +227,8 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     n-th identity starting at i and leaves the dataset-wide step to a run without shard.
     `stop_after` ends after that many identities were built (tests use it to interrupt)."""
     pipeline = Pipeline(config, registry or get_registry())
+    check_input_and_output(pipeline, Path(out))
+    pipeline.chain.probe(config["run"]["image_size"])  # a broken degradation plugin is named before anything is written
     generative = hasattr(pipeline.generator, "generate_indices")
     if not generative:  # listed before anything is written: a bad identity name writes nothing
         identities = pipeline.generator.identities(None, config["run"]["seed"])
@@ -204,15 +236,28 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
             identity_folder_name(identity.name)
     dataset = DatasetDir(out)
     resumed = dataset.prepare(fingerprint(config), to_toml(config), overwrite)
-    if resumed:
-        echo(f"resuming the build in {out}")
-    if generative:
-        identities = generate_into_build(pipeline, dataset, progress, echo)
+    try:
+        if resumed:
+            echo(f"resuming the build in {out}")
+        if generative:
+            identities = generate_into_build(pipeline, dataset, progress, echo)
+        return _build_identities(pipeline, dataset, identities, shard, progress, echo, stop_after, out)
+    finally:
+        dataset.release()
+
+
+def _build_identities(pipeline, dataset, identities, shard, progress, echo, stop_after, out) -> dict:
+    config = pipeline.config
     # filter.chain: removed identities get a record with the filter's reason, and no work
     kept = filter_for_build(pipeline, identities, dataset, echo)
     mine = kept if shard is None else kept[shard[0]::shard[1]]
-    todo = [identity for identity in mine if not dataset.has_record(identity.name)]
+    recorded = [identity for identity in mine if dataset.has_record(identity.name)]
+    broken = [identity.name for identity in recorded if not dataset.record_is_complete(identity.name)]
+    todo = [identity for identity in mine if not dataset.has_record(identity.name) or identity.name in broken]
     echo(f"identities: {len(mine)} ({len(mine) - len(todo)} already built)")
+    if broken:
+        shown = ", ".join(broken[:5]) + (", ..." if len(broken) > 5 else "")
+        echo(f"rebuilding {len(broken)} identities whose recorded files are missing or changed: {shown}")
     bar = _progress(todo, progress)
     for count, identity in enumerate(bar, start=1):
         dataset.write_record(identity.name, pipeline.build_identity(identity, dataset))
@@ -222,6 +267,10 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
         missing = [i.name for i in identities if not dataset.has_record(i.name)]
         echo(f"shard {shard[0]}/{shard[1]} done; {len(missing)} identities still missing from other shards")
         return {"shard": list(shard), "missing": len(missing)}
+    incomplete = [i.name for i in identities if not dataset.record_is_complete(i.name)]
+    if incomplete:  # another shard's identity lost a file since it was built
+        raise BadInputError("incomplete-build", f"{len(incomplete)} identities have missing or changed files "
+                            f"({', '.join(incomplete[:5])}); run the build again (or the shard that owns them)")
     records = [dataset.read_record(identity.name) for identity in identities]
     rows, quality, summary = pipeline.finalize(records)
     dataset.write_outputs(rows, quality, summary)
@@ -258,6 +307,8 @@ def stage_summary(config: dict, summary: dict, skipped_files: list, unavailable:
         + (f", {len(skipped_files)} non-image files ignored" if skipped_files else ""),
         f"detect+align: {summary['references']} references for {built} identities, {skipped} photos skipped"
         + (f" ({reasons})" if reasons else ""),
+        *([f"  {summary['photos_with_notes']} photos have notes (several faces, implausible landmarks): "
+           "see 'notes' in manifest.jsonl"] if summary.get("photos_with_notes") else []),
         f"degrade: {summary['degraded']} degraded samples ({' -> '.join(config['degrade']['chain']) or 'no degradation'})",
         f"annotate: {', '.join(n for n in config['annotate']['chain'] if n not in unavailable)}",
     ]
