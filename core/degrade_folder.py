@@ -48,6 +48,7 @@ def degrade_folder(items: list[ImageItem], config: dict, registry, crop_maker: C
     chain = DegradationChain.from_config(config, registry)
     if not chain.steps:
         raise BadInputError("empty-chain", "degrade.chain is empty: nothing to apply")
+    chain.probe()  # a broken degradation plugin is named before anything is written
     seed = config["run"]["seed"]
     description = {"chain": config["degrade"]["chain"], "seed": seed, "n": n, "aligned": crop_maker.aligned,
                    "params": {name: component_params(config, "degrade", name) for name in config["degrade"]["chain"]}}

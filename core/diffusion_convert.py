@@ -301,10 +301,9 @@ def read_guided_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and version errors all mean "not a state_dict we can read"
-        raise ConfigError(f"cannot read {str(path)!r} as a PyTorch state_dict: {error}") from None
+    from synfiqa_plugins.models.checkpoints import read_payload
+
+    loaded = read_payload(path)  # tensors only, every failure one line (a CheckpointError)
     for wrapper in ("state_dict", "model", "ema"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]

@@ -176,10 +176,8 @@ def test_key_listings_stay_on_one_line():
 # ------------------------------------------------------------ through the command line
 
 CLI_CASES = ["empty", "truncated-zip", "random-bytes", "text", "malicious-torch-save", "malicious-raw-pickle"]
-# `synfiqa score/evaluate` load a checkpoint FILE with the generic CR-FIQA loader, whose
-# iresnet.read_state_dict still calls torch.load itself instead of read_payload
-THROUGH_IRESNET = pytest.mark.xfail(
-    strict=True, reason="plugins/models/iresnet.py read_state_dict must call checkpoints.read_payload")
+# `synfiqa score/evaluate` load a checkpoint FILE with the generic CR-FIQA loader
+# (iresnet.read_state_dict), which reads it through checkpoints.read_payload
 
 
 def one_error_line(result, path, case) -> None:
@@ -192,7 +190,6 @@ def one_error_line(result, path, case) -> None:
     assert not (path.parent / "PWNED").exists(), "the pickle's code ran"
 
 
-@THROUGH_IRESNET
 @pytest.mark.parametrize("bad_file", CLI_CASES, indirect=True)
 def test_score_with_a_bad_checkpoint_file(bad_file, faces_dir):
     from synfiqa_cli.main import cli
@@ -217,7 +214,6 @@ def tiny_bin(folder):
     return folder / "tiny.bin", folder / "emb.npz"
 
 
-@THROUGH_IRESNET
 @pytest.mark.parametrize("bad_file", ["empty", "malicious-torch-save"], indirect=True)
 @pytest.mark.parametrize("option", ["--scorer", "--embedder"])
 def test_evaluate_with_a_bad_checkpoint_file(bad_file, option, tmp_path):

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from synfiqa.catalogue import load_catalogue
 from synfiqa.errors import DuplicateComponentError, UnknownComponentError
+from synfiqa.plugins import PluginWarning
 from synfiqa.registry import Registry
 from synfiqa_cli.main import cli
 from tests.distributions import pip_install_example, write_distribution
@@ -96,8 +97,11 @@ def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
     write_distribution(tmp_path, "impostor", "impostor_plugin", TWO_DEGRADATIONS.replace("{name}", "blur-downscale"))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("SYNFIQA_DISABLE_PLUGINS")
-    with pytest.raises(DuplicateComponentError, match="impostor"):
-        Registry()
+    # the built-in wins; the third-party component is skipped with a warning naming both
+    with pytest.warns(PluginWarning, match="impostor"):
+        registry = Registry()
+    assert registry.get("degradation", "blur-downscale").distribution == "synfiqa"
+    assert [(s.name, s.distribution) for s in registry.skipped] == [("blur-downscale", "impostor")]
 
 
 def test_broken_plugin_is_reported_not_fatal(tmp_path, monkeypatch):

@@ -171,13 +171,10 @@ def detect_variant(state_dict: dict, source: str = "checkpoint") -> Variant:
 
 
 def read_state_dict(path: str | Path) -> dict:
+    from synfiqa_plugins.models.checkpoints import read_payload
+
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from None
+    payload = read_payload(path)  # tensors only, every failure one line
     for wrapper in ("state_dict", "model", "backbone"):
         if isinstance(payload, dict) and isinstance(payload.get(wrapper), dict):
             payload = payload[wrapper]
