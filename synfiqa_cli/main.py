@@ -37,9 +37,15 @@ def config_options(function):
 
 
 def resolve_config(config_path, overrides, extra: list[str] = ()):
-    from synfiqa.config import load_config
+    """The config of --config and --set, validated as a whole against the installed components:
+    every problem is in one ConfigError (exit 2), before a command writes anything."""
+    from synfiqa.config import config_warnings, load_config
+    from synfiqa.registry import get_registry
 
-    return load_config(config_path, list(overrides) + list(extra))
+    config = load_config(config_path, list(overrides) + list(extra), registry=get_registry())
+    for warning in config_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
+    return config
 
 
 @cli.command()
