@@ -36,7 +36,17 @@ def pick_main_face(faces: list[DetectedFace]) -> DetectedFace | None:
     return max(faces, key=lambda face: (face.size, face.score))
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" (CUDA when visible, else CPU), "cpu", "cuda" or "cuda:N". Any other form, or a CUDA
+    device this machine does not have, is a ConfigError saying which forms there are."""
+    from synfiqa.config import device_problem
+    from synfiqa.errors import ConfigError
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    problem = device_problem(device)
+    if problem:
+        raise ConfigError(f"device {problem}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

@@ -26,7 +26,8 @@ REFERENCE_SCORER = "mr"
 @click.option("--out", type=click.Path(dir_okay=False), help="Write scores.csv or scores.json (default: CSV on stdout).")
 @click.option("--detector", default="mtcnn", show_default=True, help="Face detector for photos.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu or cuda.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when available), cpu, cuda or cuda:N: the device of every model used.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
 @config_options
 def score(paths, model, references, aligned, out, detector, batch_size, device, progress, config_path, overrides):
@@ -39,10 +40,15 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
     With --model mr the label is the MR-FIQA score (models and annotators from the config):
     fr against the identity's references, sd over the measured |yaw|, vl when BLIP's weights
     are there, min-max over the images scored together. --config/--set apply to it only."""
+    from synfiqa.config import device_problem
+    from synfiqa.context import create_on_device
     from synfiqa.errors import ConfigError
     from synfiqa.evaluation.image_quality import CropMaker, collect_images, resolve_model, run_model
     from synfiqa.registry import get_registry
 
+    problem = device_problem(device)
+    if problem:  # before any image is read or model loaded
+        raise ConfigError(f"--device {problem}")
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--out must end in .csv or .json, got {out!r}")
     items = collect_images(paths)
@@ -55,7 +61,7 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
     if references is not None:
         raise ConfigError("--references is for --model mr: a FIQA network needs no references")
     scorer, label = resolve_model("fiqa", model, device, registry)
-    crop_maker = CropMaker(aligned, None if aligned else registry.create("detector", detector))
+    crop_maker = CropMaker(aligned, None if aligned else create_on_device(registry, "detector", detector, device))
     outcomes = run_model(items, crop_maker, scorer.score, batch_size, progress, "scoring")
 
     variant = getattr(getattr(scorer, "variant", None), "describe", lambda: "")()
@@ -69,11 +75,14 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
 
 def score_against_references(items, references, aligned, out, detector, device, progress, config_path, overrides,
                              registry) -> None:
+    from synfiqa.context import create_on_device
     from synfiqa.evaluation.image_quality import CropMaker
     from synfiqa.reference_scoring import score_with_references
 
+    # --device is run.device: the config's models (RunContext) and the detector run on it
     config = resolve_config(config_path, (() if device == "auto" else (f"run.device={device!r}",)) + tuple(overrides))
-    crop_maker = CropMaker(aligned, None if aligned else registry.create("detector", detector))
+    device = config["run"]["device"]
+    crop_maker = CropMaker(aligned, None if aligned else create_on_device(registry, "detector", detector, device))
     show = progress if progress is not None else sys.stderr.isatty()
     result = score_with_references(items, references, config, registry, crop_maker,
                                    progress=_identity_bar if show else None)

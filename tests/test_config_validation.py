@@ -232,3 +232,143 @@ def test_a_config_path_that_is_a_folder_or_unreadable(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", unreadable)
     with pytest.raises(ConfigError, match=r"config file '.*secret.toml' cannot be read: Permission denied"):
         load_config(path)
+
+
+# ------------------------------------------------------------ the device reaches the models
+
+FAKE_MODELS = """
+from synfiqa import hookimpl
+
+CREATED = []
+
+class OnDevice:
+    kind = "detector"
+    def __init__(self, device: str = "auto", min_face_size: int = 20):
+        CREATED.append(("fake-detector", device))
+    def detect(self, image):
+        return []
+
+class Anywhere:
+    kind = "embedder"
+    def __init__(self, width: int = 4):
+        CREATED.append(("fake-embedder", None))
+    def embed(self, crops):
+        import torch
+        return torch.zeros(len(crops), 4)
+
+class Scorer:
+    kind = "fiqa"
+    def __init__(self, device: str = "auto"):
+        CREATED.append(("fake-fiqa", device))
+    def score(self, crops):
+        import torch
+        return torch.zeros(len(crops))
+
+@hookimpl
+def register_models(register):
+    register("fake-detector", OnDevice)
+    register("fake-embedder", Anywhere)
+    register("fake-fiqa", Scorer)
+"""
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    import synfiqa.registry
+
+    registry, module = plugin_registry("fake_models", FAKE_MODELS)
+    monkeypatch.setattr(synfiqa.registry, "_default_registry", registry)
+    return registry, module.CREATED
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", "cpu"), ("auto", "cuda"), ("cuda", "cuda"), ("cuda:0", "cuda:0")])
+def test_run_device_is_what_a_model_that_takes_a_device_gets(fake_models, fake_cuda, device, expected):
+    from synfiqa.context import RunContext
+
+    registry, created = fake_models
+    config = load_config(None, ["models.detector=fake-detector", "models.embedder=fake-embedder",
+                                f"run.device={device}"])
+    context = RunContext(config, registry)
+    context.model("detector")
+    context.model("embedder")  # no device parameter: created without one
+    assert created == [("fake-detector", expected), ("fake-embedder", None)]
+
+
+def test_a_params_table_still_sets_one_models_device(fake_models, fake_cuda):
+    from synfiqa.context import RunContext
+
+    registry, created = fake_models
+    config = load_config(None, ["models.detector=fake-detector", "run.device=cuda",
+                                'models.params.fake-detector.device="cpu"'])
+    validate_config(config, registry)
+    RunContext(config, registry).model("detector")
+    assert created == [("fake-detector", "cpu")]
+
+
+def test_run_device_auto_without_cuda_is_cpu(fake_models, no_cuda):
+    from synfiqa.context import RunContext
+
+    registry, created = fake_models
+    config = load_config(None, ["models.detector=fake-detector"])
+    RunContext(config, registry).model("detector")
+    assert created == [("fake-detector", "cpu")]
+
+
+def test_a_cuda_device_this_machine_lacks(fake_cuda):
+    with pytest.raises(ConfigError, match=r"run.device is 'cuda:1' but only 1 CUDA device\(s\) are visible"):
+        load_config(None, ["run.device=cuda:1"])
+    assert load_config(None, ["run.device=cuda:0"])["run"]["device"] == "cuda:0"
+
+
+def test_resolve_device_refuses_what_the_config_refuses(no_cuda):
+    from synfiqa.models import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device must be one of"):
+        resolve_device("tpu")
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        resolve_device("cuda")
+
+
+# ------------------------------------------------------------ synfiqa score --device
+
+def one_photo(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir(parents=True)
+    (folder / "obama_1.jpg").write_bytes((FACES / "obama_1.jpg").read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "--device must be one of auto (CUDA when visible, else CPU), cpu, cuda, cuda:N"),
+    ("cuda", "--device is 'cuda' but no CUDA device is visible"),
+])
+def test_score_refuses_a_device_it_cannot_use(tmp_path, no_cuda, device, message):
+    for model in ("cr-fiqa", "mr"):
+        code, output = run("score", one_photo(tmp_path / model), "--model", model, "--device", device)
+        assert code == 2 and message in output and output.count("\n") == 1, output
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_score_device_reaches_the_detector_and_the_fiqa_model(tmp_path, fake_models, fake_cuda, device):
+    # before: the detector was built without it (on CUDA whenever one was visible)
+    _, created = fake_models
+    code, output = run("score", one_photo(tmp_path), "--model", "fake-fiqa", "--detector", "fake-detector",
+                       "--device", device, "--no-progress")
+    assert code == 0, output
+    assert sorted(created) == [("fake-detector", device), ("fake-fiqa", device)]
+
+
+def test_score_device_cpu_scores(tmp_path, no_cuda):
+    from synfiqa_plugins.models.iresnet import CRFIQANet
+
+    torch.manual_seed(0)
+    network = CRFIQANet((1, 1, 1, 1), "linear").eval()
+    checkpoint = tmp_path / "crfiqa_random.pth"
+    torch.save({"module." + k: v for k, v in network.state_dict().items()}, checkpoint)
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(crops / "grey.png")
+    code, output = run("score", crops, "--model", checkpoint, "--aligned", "--device", "cpu")
+    assert code == 0, output
+    assert "scored 1 of 1 images" in output
