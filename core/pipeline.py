@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synfiqa.align import align_face, apply_transform
+from synfiqa.align import align_face, apply_transform, upside_down
 from synfiqa.annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml
@@ -107,14 +107,30 @@ class Pipeline:
                 if face is None:
                     raise BadInputError("no-face", f"{source.key}: no face found")
                 crop, matrix = align_face(image, face.landmarks, size)
+                notes = face_notes(faces, face)
+                if upside_down(crop):  # a photo turned 180 degrees without an EXIF tag
+                    image, faces, face, crop, matrix, notes = self._turned(image, faces, face, crop, matrix, notes)
                 landmarks = apply_transform(matrix, face.landmarks)
                 yaw = float(self.pose.estimate(torch.from_numpy(crop).permute(2, 0, 1)[None],
                                                torch.from_numpy(landmarks)[None])[0, 0])
-                aligned.append(AlignedPhoto(source.key, crop, landmarks, abs(yaw), face_notes(faces, face)))
+                aligned.append(AlignedPhoto(source.key, crop, landmarks, abs(yaw), notes))
             except BadInputError as error:
                 skipped.append({"identity": identity.name, "role": "source", "source": source.key,
                                 "status": "skipped", "reason": error.reason, "detail": str(error)})
         return aligned, skipped
+
+    def _turned(self, image, faces, face, crop, matrix, notes):
+        """The photo turned 180 degrees and aligned again, when that gives an upright face;
+        otherwise the first alignment with a note saying it looks upside down."""
+        turned = np.ascontiguousarray(image[::-1, ::-1])
+        turned_faces = self.detector.detect(turned)
+        turned_face = pick_main_face(turned_faces)
+        if turned_face is not None:
+            turned_crop, turned_matrix = align_face(turned, turned_face.landmarks, self.config["run"]["image_size"])
+            if upside_down(turned_crop) is False:
+                notes = (*face_notes(turned_faces, turned_face), "upside down: turned 180 degrees before alignment")
+                return turned, turned_faces, turned_face, turned_crop, turned_matrix, notes
+        return image, faces, face, crop, matrix, (*notes, "the aligned face looks upside down")
 
     def build_identity(self, identity, dataset: DatasetDir) -> dict:
         run = self.config["run"]
@@ -307,7 +323,7 @@ def stage_summary(config: dict, summary: dict, skipped_files: list, unavailable:
         + (f", {len(skipped_files)} non-image files ignored" if skipped_files else ""),
         f"detect+align: {summary['references']} references for {built} identities, {skipped} photos skipped"
         + (f" ({reasons})" if reasons else ""),
-        *([f"  {summary['photos_with_notes']} photos have notes (several faces, implausible landmarks): "
+        *([f"  {summary['photos_with_notes']} photos have notes (several faces, upside down, implausible landmarks): "
            "see 'notes' in manifest.jsonl"] if summary.get("photos_with_notes") else []),
         f"degrade: {summary['degraded']} degraded samples ({' -> '.join(config['degrade']['chain']) or 'no degradation'})",
         f"annotate: {', '.join(n for n in config['annotate']['chain'] if n not in unavailable)}",

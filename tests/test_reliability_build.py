@@ -343,3 +343,25 @@ def test_several_faces_are_noted_in_the_manifest(tmp_path):
     noted = [row for row in rows if row.get("status") == "ok"]
     assert noted and all("2 faces found; the largest was used" in row.get("notes", []) for row in noted)
     assert "photos have notes" in output
+
+
+def test_an_upside_down_photo_is_turned_before_alignment(built, tmp_path):
+    # before: a photo turned 180 degrees without an EXIF tag gave an upside-down reference
+    # (MTCNN fits its landmarks to the turned face: the mouth corners become the eyes)
+    _, out = built
+    (tmp_path / "in" / "obama").mkdir(parents=True)
+    Image.open(FACES / "obama_1.jpg").rotate(180).save(tmp_path / "in" / "obama" / "turned.jpg", quality=95)
+    code, output = run("build", "--out", tmp_path / "out", "--input", tmp_path / "in", *SMALL)
+    assert code == 0, output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert "upside down: turned 180 degrees before alignment" in rows[0]["notes"]
+    turned = np.asarray(Image.open(tmp_path / "out" / "data" / "obama" / "Ref-0.jpg"), dtype=np.float64)
+    upright = np.asarray(Image.open(out / "data" / "obama" / "Ref-0.jpg"), dtype=np.float64)
+    assert np.abs(turned - upright).mean() < 12  # the same face, the same way up
+    assert np.abs(turned[::-1, ::-1] - upright).mean() > 3 * np.abs(turned - upright).mean()
+
+
+def test_upright_photos_get_no_notes(built):
+    _, out = built
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert rows and not [row for row in rows if row.get("notes")]
