@@ -20,7 +20,7 @@ from PIL import Image
 from synfiqa.align import align_face, apply_transform, upside_down
 from synfiqa.annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.annotation import SampleTable
-from synfiqa.config import component_params, fingerprint, to_toml
+from synfiqa.config import component_params, fingerprint, to_toml, validate_config
 from synfiqa.context import RunContext
 from synfiqa.dataset import DatasetDir, identity_folder_name, quality_key
 from synfiqa.degradation import DegradationChain
@@ -67,8 +67,8 @@ class Pipeline:
         config, registry = self.config, self.registry
         self.context = RunContext(config, registry)
         generator_name = config["generate"]["generator"]
-        self.generator = registry.create("generator", generator_name,
-                                         **component_params(config, "generate", generator_name))
+        self.generator = self.context.create("generator", generator_name,
+                                             component_params(config, "generate", generator_name))
         self.chain = DegradationChain.from_config(config, registry)
         self.annotators, self.unavailable = load_annotators(config, self.context)
         self.detector = self.context.model("detector")
@@ -242,7 +242,9 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     """Run the build; returns the summary. `shard=(i, n)` does the per-identity work of every
     n-th identity starting at i and leaves the dataset-wide step to a run without shard.
     `stop_after` ends after that many identities were built (tests use it to interrupt)."""
-    pipeline = Pipeline(config, registry or get_registry())
+    registry = registry or get_registry()
+    validate_config(config, registry)  # the CLI did already; this covers callers of the Python API
+    pipeline = Pipeline(config, registry)
     check_input_and_output(pipeline, Path(out))
     pipeline.chain.probe(config["run"]["image_size"])  # a broken degradation plugin is named before anything is written
     generative = hasattr(pipeline.generator, "generate_indices")

@@ -88,6 +88,11 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
     if save_embeddings and (len(specs) != 1 or not embedder):
         raise ConfigError("--save-embeddings keeps embeddings computed with --embedder for one dataset")
 
+    from synfiqa.config import device_problem
+
+    problem = device_problem(device)
+    if problem:  # before any file is read
+        raise ConfigError(f"--device {problem}")
     models = _Models(embedder, scorers, aligned, detector, device)
     results = []
     for dataset in specs:
@@ -152,7 +157,11 @@ class _Models:
         if aligned:
             return CropMaker(True)
         if "detector" not in self._built:
-            self._built["detector"] = self._registry().create("detector", self.detector_name)
+            from synfiqa.context import create_on_device
+            from synfiqa.models import resolve_device
+
+            self._built["detector"] = create_on_device(self._registry(), "detector", self.detector_name,
+                                                       str(resolve_device(self.device)))
         return CropMaker(False, self._built["detector"])
 
     def embeddings(self, pair_list, items, batch_size, progress):

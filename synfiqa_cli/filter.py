@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from synfiqa_cli.main import resolve_config
+
 # What `synfiqa filter` runs when neither --filters nor filter.chain names any: the paper's
 # stage-1 chain.
 PAPER_CHAIN = ("yaw", "glasses", "expression", "uniqueness")
@@ -15,7 +17,7 @@ PAPER_CHAIN = ("yaw", "glasses", "expression", "uniqueness")
 @click.command("filter")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--filters", "filter_names", help="Comma-separated chain (default: filter.chain, else the paper's).")
-@click.option("--grouping", type=click.Choice(["auto", "subfolder", "stem-suffix", "file"]), default=None,
+@click.option("--grouping", type=click.Choice(["auto", "subfolder", "subfolder-recursive", "stem-suffix", "file"]), default=None,
               help="How images form identities (default: the folder generator's setting).")
 @click.option("--json", "as_json", is_flag=True, help="Every image with kept/removed, the filter and its value.")
 @click.option("--kept-list", type=click.Path(dir_okay=False),
@@ -24,7 +26,7 @@ PAPER_CHAIN = ("yaw", "glasses", "expression", "uniqueness")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
 def filter_command(directory, filter_names, grouping, as_json, kept_list, config_path, overrides):
     """Run the identity filters over the identities in DIRECTORY."""
-    from synfiqa.config import component_params, load_config
+    from synfiqa.config import component_params
     from synfiqa.context import RunContext
     from synfiqa.filtering import build_filters, run_filters, summary_counts
     from synfiqa.images import write_text_atomic
@@ -32,7 +34,7 @@ def filter_command(directory, filter_names, grouping, as_json, kept_list, config
 
     from synfiqa_plugins.generators.folder import FolderGenerator
 
-    config = load_config(config_path, list(overrides))
+    config = resolve_config(config_path, overrides)
     registry = get_registry()
     if filter_names:
         names = [n.strip() for n in filter_names.split(",") if n.strip()]

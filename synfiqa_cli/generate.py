@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from synfiqa_cli.main import resolve_config
+
 
 @click.command()
 @click.option("--generator", "generator_name", help="Generator name (default: the config's generate.generator).")
@@ -15,14 +17,15 @@ import click
               help="Override one config key, e.g. --set generate.params.ddpm.model=DIR (repeatable).")
 def generate(generator_name, count, out, seed, progress, config_path, overrides):
     """Generate N identities into OUT (one sub-folder each, with a manifest); a rerun resumes."""
-    from synfiqa.config import component_params, load_config
+    from synfiqa.config import component_params
+    from synfiqa.context import RunContext
     from synfiqa.generate_folder import write_generated
     from synfiqa.registry import get_registry
 
-    config = load_config(config_path, list(overrides))
+    config = resolve_config(config_path, overrides)
     name = generator_name or config["generate"]["generator"]
     params = component_params(config, "generate", name)
-    generator = get_registry().create("generator", name, **params)
+    generator = RunContext(config, get_registry()).create("generator", name, params)
     write_generated(generator, name, params, count, config["run"]["seed"] if seed is None else seed, out,
                     progress=progress, echo=click.echo)
 

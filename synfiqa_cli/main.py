@@ -84,8 +84,12 @@ def build(out, input_dir, seed, overwrite, shard, progress, config_path, overrid
     except BaseException as error:
         if isinstance(error, (SystemExit, click.exceptions.Exit)):
             raise
-        resume = f"synfiqa build --out {out} --config {Path(out) / 'config.toml'}"
-        click.echo(f"build stopped: {error!r}\nEverything written so far is kept. Resume with:\n  {resume}", err=True)
+        written = Path(out) / "config.toml"
+        if written.is_file():  # the build got as far as recording its config: resume from exactly that
+            resume = f"Everything written so far is kept. Resume with:\n  synfiqa build --out {out} --config {written}"
+        else:
+            resume = "Nothing was written; fix the cause and run the same command again."
+        click.echo(f"build stopped: {error!r}\n{resume}", err=True)
         raise SystemExit(1)
 
 
@@ -202,10 +206,7 @@ def _load_stage_commands():
 def _load_plugin_commands():
     from synfiqa.plugins import build_plugin_manager
 
-    try:
-        build_plugin_manager().hook.register_commands(cli=cli)
-    except Exception as error:  # a plugin's command must never take the whole CLI down
-        click.echo(f"warning: a plugin failed to add commands: {error!r}", err=True)
+    build_plugin_manager().add_commands(cli)  # a failing third-party plugin is named and skipped
 
 
 _load_stage_commands()

@@ -37,7 +37,10 @@ def test_warp_matches_opencv_bilinear():
     got = warp_affine(torch.from_numpy(image).permute(2, 0, 1)[None], torch.from_numpy(matrix)[None])
     got = got[0].permute(1, 2, 0).numpy()
     inner = (slice(10, 100), slice(10, 100))
-    assert np.abs(got[inner].astype(int) - expected[inner].astype(int)).max() <= 1
+    difference = np.abs(got[inner].astype(int) - expected[inner].astype(int))
+    # OpenCV 4.x interpolates in fixed point (1/32-pixel positions): up to 2 levels apart on
+    # 59 of 24,300 values (mean 0.08); OpenCV 5 at most 1 (mean 4e-5)
+    assert difference.max() <= 2 and difference.mean() < 0.1
 
 
 def test_align_face_puts_the_landmarks_on_the_template():

@@ -372,3 +372,15 @@ def test_score_device_cpu_scores(tmp_path, no_cuda):
     code, output = run("score", crops, "--model", checkpoint, "--aligned", "--device", "cpu")
     assert code == 0, output
     assert "scored 1 of 1 images" in output
+
+
+def test_every_stage_command_checks_the_config_and_the_device(tmp_path, no_cuda):
+    # generate and filter read the config with the same whole-config check as build
+    code, output = run("generate", "-n", "1", "--out", str(tmp_path / "gen"), "--set", "run.degraded=0")
+    assert code == 2 and "run.degraded" in output and not (tmp_path / "gen").exists()
+    code, output = run("filter", str(tmp_path), "--set", "models.embeder=sface")
+    assert code == 2 and "embedder" in output
+    # evaluate refuses a device this machine lacks before reading any file
+    code, output = run("evaluate", "--pairs", str(tmp_path / "none.csv"), "--embedder", "sface",
+                       "--scorer", "mr", "--device", "cuda")
+    assert code == 2 and "no CUDA device" in output

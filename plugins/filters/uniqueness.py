@@ -78,7 +78,7 @@ class UniquenessFilter:
         if not measurable:
             return decisions
         name = self.embedder_name(context)
-        model = context.registry.create("embedder", name) if self.embedder else context.model("embedder")
+        model = context.create("embedder", name) if self.embedder else context.model("embedder")
         threshold = self.resolve_threshold(name, model)
         crops = torch.from_numpy(np.stack([subjects[i].crop for i in measurable])).permute(0, 3, 1, 2).contiguous()
         embeddings = model.embed(crops).to(torch.float32)

@@ -16,7 +16,7 @@ class YawFilter:
 
     def _model(self, context):
         if self.pose:
-            return context.registry.create("pose", self.pose)
+            return context.create("pose", self.pose)
         return context.model("pose")
 
     def judge(self, subjects: list[FaceSubject], context) -> list[Decision]:
