@@ -49,7 +49,7 @@ test-latest: $(LATEST)/.installed
 	$(LATEST)/bin/python -m pytest $(TESTS)
 
 lock: $(LATEST)/.installed
-	{ sed -n '/^#/p' requirements.lock; $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iv '^synfiqa' \
+	{ sed -n '/^#/p' requirements.lock; $(LATEST)/bin/python -m pip freeze --all --exclude-editable | grep -iv '^\(synfiqa\|pip\)==' \
 	  | sed "s/^$(word 1,$(subst ==, ,$(LOCK_HOLD)))==.*/$(LOCK_HOLD)/"; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
