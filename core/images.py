@@ -1,5 +1,5 @@
-"""Reading photos into RGB uint8 arrays, with a recorded reason for every failure,
-and writing images atomically.
+"""Reading photos into RGB uint8 arrays, with a recorded reason for every failure, and
+encoding images (writing them is synfiqa.store's job).
 
 Large photos are decoded reduced: a decoded photo never holds more than MAX_DECODED_PIXELS
 pixels (a JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself, any other format is
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import threading
 import warnings
 from pathlib import Path
@@ -174,18 +173,8 @@ def encode_jpeg(array: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename into place: a killed
-    process leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    write_atomic(path, text.encode("utf-8"))
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless PNG bytes (generated identities, `synfiqa degrade` copies)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

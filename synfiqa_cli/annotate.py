@@ -26,7 +26,7 @@ def annotate(dataset, intensities, axes, progress, config_path, overrides):
     dataset is a synfiqa build (so the build's scores are reproduced), else the defaults.
     Resumable: identities already annotated (DATASET/.synfiqa/annotate/) are not redone
     unless the models or annotators changed."""
-    from synfiqa.annotate import annotate_dataset
+    from synfiqa.stages.s5_annotate import annotate_dataset
 
     ours = (Path(dataset) / ".synfiqa" / "build.json").is_file()  # another tool's config.toml is not ours to read
     if config_path is None and ours and (Path(dataset) / "config.toml").is_file():

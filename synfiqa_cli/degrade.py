@@ -24,12 +24,12 @@ def degrade(paths, out, count, aligned, detector, seed, progress, config_path, o
     OUT/degraded.jsonl. Copy k of an image is seeded by (run seed, its name, k): a folder's
     images are named relative to it, a file given alone by its file name. Photos are detected and aligned first; unusable ones are skipped
     with their reason. A rerun with the same settings resumes."""
-    from synfiqa.degrade_folder import degrade_folder
+    from synfiqa.stages.s4_degrade import degrade_folder
     from synfiqa.errors import ConfigError
-    from synfiqa.evaluation.image_quality import CropMaker, ImageItem, collect_images
+    from synfiqa.stages.s7_evaluate.image_quality import CropMaker, ImageItem, collect_images
     from synfiqa.registry import get_registry
 
-    config = resolve_config(config_path, overrides, [] if seed is None else [f"run.seed={seed}"])
+    config = resolve_config(config_path, overrides, {"run.seed": seed})
     # a file given by itself is named by its file name: its copies and their seeds do not
     # depend on where it was given from
     items = [ImageItem(Path(path).name, Path(path)) if Path(path).is_file() else item

@@ -58,10 +58,10 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
     similarities of the embeddings. Prints one table per dataset (and their mean) in the
     layout of the MR-FIQA leaderboard."""
     from synfiqa.errors import ConfigError
-    from synfiqa.evaluation import report
-    from synfiqa.evaluation.dataset import evaluate_dataset
-    from synfiqa.evaluation.inputs import write_embeddings
-    from synfiqa.evaluation.spec import (DatasetSpec, load_embeddings, load_pairs, load_qualities,
+    from synfiqa.stages.s7_evaluate import report
+    from synfiqa.stages.s7_evaluate.dataset import evaluate_dataset
+    from synfiqa.stages.s7_evaluate.inputs import write_embeddings
+    from synfiqa.stages.s7_evaluate.spec import (DatasetSpec, load_embeddings, load_pairs, load_qualities,
                                          parse_quality_option, quality_method_name, read_spec)
 
     protocol = protocol.upper()
@@ -124,7 +124,7 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
     if markdown_path:
         _write(markdown_path, report.to_markdown(results))
     if plot_path:
-        from synfiqa.evaluation.plot import plot_edc
+        from synfiqa.stages.s7_evaluate.plot import plot_edc
 
         plot_edc(results, plot_path)
     for result in results:
@@ -146,12 +146,12 @@ class _Models:
         return get_registry()
 
     def items(self, pair_list, dataset):
-        from synfiqa.evaluation.spec import dataset_items
+        from synfiqa.stages.s7_evaluate.spec import dataset_items
 
         return dataset_items(pair_list, dataset.images)
 
     def crop_maker(self, pair_list):
-        from synfiqa.evaluation.image_quality import CropMaker
+        from synfiqa.stages.s7_evaluate.image_quality import CropMaker
 
         aligned = self.aligned or pair_list.encoded_images is not None
         if aligned:
@@ -165,8 +165,8 @@ class _Models:
         return CropMaker(False, self._built["detector"])
 
     def embeddings(self, pair_list, items, batch_size, progress):
-        from synfiqa.evaluation.image_quality import resolve_model
-        from synfiqa.evaluation.spec import compute_embeddings
+        from synfiqa.stages.s7_evaluate.image_quality import resolve_model
+        from synfiqa.stages.s7_evaluate.spec import compute_embeddings
 
         if "embedder" not in self._built:
             self._built["embedder"] = resolve_model("embedder", self.embedder_spec, self.device, self._registry())[0]
@@ -174,7 +174,7 @@ class _Models:
                                   batch_size, progress)
 
     def scorer_list(self):
-        from synfiqa.evaluation.image_quality import resolve_model
+        from synfiqa.stages.s7_evaluate.image_quality import resolve_model
 
         for spec in self.scorers:
             if ("scorer", spec) not in self._built:
@@ -183,13 +183,13 @@ class _Models:
             yield label, model
 
     def quality(self, pair_list, items, scorer, label, batch_size, progress):
-        from synfiqa.evaluation.spec import compute_quality
+        from synfiqa.stages.s7_evaluate.spec import compute_quality
 
         return compute_quality(pair_list, items, self.crop_maker(pair_list), scorer, label, batch_size, progress)
 
 
 def _write(path: str, text: str) -> None:
-    from synfiqa.images import write_text_atomic
+    from synfiqa.store import write_text_atomic
 
     write_text_atomic(path, text)
 

@@ -28,8 +28,8 @@ def filter_command(directory, filter_names, grouping, as_json, kept_list, config
     """Run the identity filters over the identities in DIRECTORY."""
     from synfiqa.config import component_params
     from synfiqa.context import RunContext
-    from synfiqa.filtering import build_filters, run_filters, summary_counts
-    from synfiqa.images import write_text_atomic
+    from synfiqa.stages.s2_filter import build_filters, run_filters, summary_counts
+    from synfiqa.store import write_text_atomic
     from synfiqa.registry import get_registry
 
     from synfiqa_plugins.generators.folder import FolderGenerator

@@ -19,10 +19,10 @@ def generate(generator_name, count, out, seed, progress, config_path, overrides)
     """Generate N identities into OUT (one sub-folder each, with a manifest); a rerun resumes."""
     from synfiqa.config import component_params
     from synfiqa.context import RunContext
-    from synfiqa.generate_folder import write_generated
+    from synfiqa.stages.s1_generate import write_generated
     from synfiqa.registry import get_registry
 
-    config = resolve_config(config_path, overrides)
+    config = resolve_config(config_path, overrides, {"run.seed": seed})
     name = generator_name or config["generate"]["generator"]
     params = component_params(config, "generate", name)
     generator = RunContext(config, get_registry()).create("generator", name, params)

@@ -30,19 +30,38 @@ def cli():
 
 def config_options(function):
     function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                            help="Override one config key, e.g. --set run.degraded=50 (repeatable).")(function)
+                            help="Override one config key, e.g. --set run.degraded=50 (repeatable; the value "
+                                 "is TOML). `synfiqa config show --schema` lists the keys.")(function)
     function = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                             help="A TOML pipeline config; defaults to the shipped one.")(function)
     return function
 
 
-def resolve_config(config_path, overrides, extra: list[str] = ()):
-    """The config of --config and --set, validated as a whole against the installed components:
-    every problem is in one ConfigError (exit 2), before a command writes anything."""
+_CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
+
+
+def key_option(flag: str, key: str, name: str | None = None, **kwargs):
+    """A typed option for one config key: its click type and help come from the config schema,
+    and its value goes into the config as a typed value (resolve_config's `values`), never as
+    KEY=VALUE text. Ranges and choices are the schema's, checked with the whole config."""
+    from synfiqa.config import KEYS
+
+    entry = KEYS[key]
+    allowed = f"; {entry.allowed}" if entry.allowed else ""
+    kwargs.setdefault("help", f"Sets {key} ({entry.help}{allowed}).")
+    names = (flag,) if name is None else (flag, name)
+    return click.option(*names, type=_CLICK_TYPES[entry.type], default=None, **kwargs)
+
+
+def resolve_config(config_path, overrides, values: dict | None = None):
+    """The config of --config, --set and the typed `values` of a command's own options
+    ({dotted key: value}, None for an option not given; they win over --set), validated as a
+    whole against the installed components: every problem is in one ConfigError (exit 2),
+    before a command writes anything."""
     from synfiqa.config import config_warnings, load_config
     from synfiqa.registry import get_registry
 
-    config = load_config(config_path, list(overrides) + list(extra), registry=get_registry())
+    config = load_config(config_path, list(overrides), registry=get_registry(), values=values)
     for warning in config_warnings(config):
         click.echo(f"warning: {warning}", err=True)
     return config
@@ -50,24 +69,21 @@ def resolve_config(config_path, overrides, extra: list[str] = ()):
 
 @cli.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output dataset folder.")
-@click.option("--input", "input_dir", type=click.Path(), help="Folder of identities for the folder generator.")
-@click.option("--seed", type=int, help="Run seed (run.seed).")
+@click.option("--input", "input_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of identities for the folder generator (sets generate.params.folder.path).")
+@key_option("--seed", "run.seed")
+@key_option("--device", "run.device")
 @click.option("--overwrite", is_flag=True, help="Replace a synfiqa build already in --out.")
 @click.option("--shard", metavar="I/N", help="Do only every N-th identity, starting at I (0-based).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
 @config_options
-def build(out, input_dir, seed, overwrite, shard, progress, config_path, overrides):
+def build(out, input_dir, seed, device, overwrite, shard, progress, config_path, overrides):
     """Build a SynFIQA dataset: references, degraded samples and quality scores."""
     from synfiqa.errors import ConfigError
-    from synfiqa.pipeline import build as run_build
+    from synfiqa.stages.build import build as run_build
 
-    extra = []
-    if input_dir is not None:
-        if not Path(input_dir).is_dir():
-            raise ConfigError(f"input folder {input_dir!r} does not exist or is not a folder")
-        extra.append(f"generate.params.folder.path={json.dumps(str(Path(input_dir).resolve()))}")
-    if seed is not None:
-        extra.append(f"run.seed={seed}")
+    if input_dir is not None and not input_dir.is_dir():
+        raise ConfigError(f"input folder {str(input_dir)!r} does not exist or is not a folder")
     shard_pair = None
     if shard:
         try:
@@ -76,7 +92,11 @@ def build(out, input_dir, seed, overwrite, shard, progress, config_path, overrid
         except (ValueError, AssertionError):
             raise ConfigError(f"--shard must look like I/N with 0 <= I < N, got {shard!r}") from None
         shard_pair = (index, count)
-    config = resolve_config(config_path, overrides, extra)
+    config = resolve_config(config_path, overrides, {
+        "generate.params.folder.path": None if input_dir is None else str(input_dir.resolve()),
+        "run.seed": seed,
+        "run.device": device,
+    })
     try:
         run_build(config, out, overwrite=overwrite, shard=shard_pair, progress=progress, echo=click.echo)
     except SynfiqaError:
@@ -155,11 +175,18 @@ def config_group():
 
 
 @config_group.command("show")
+@click.option("--schema", is_flag=True,
+              help="List every config key instead: its type, default, allowed values and help.")
 @config_options
-def config_show(config_path, overrides):
-    """Print the resolved config (defaults + file + overrides) as TOML."""
-    from synfiqa.config import to_toml
+def config_show(schema, config_path, overrides):
+    """Print the resolved config (defaults + file + overrides) as TOML; with --schema, every key."""
+    from synfiqa.config import schema_text, to_toml
 
+    if schema:
+        if config_path is not None or overrides:
+            raise click.UsageError("--schema lists the keys; it takes no --config or --set")
+        click.echo(schema_text(), nl=False)
+        return
     click.echo(to_toml(resolve_config(config_path, overrides)), nl=False)
 
 

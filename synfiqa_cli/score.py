@@ -43,7 +43,7 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
     from synfiqa.config import device_problem
     from synfiqa.context import create_on_device
     from synfiqa.errors import ConfigError
-    from synfiqa.evaluation.image_quality import CropMaker, collect_images, resolve_model, run_model
+    from synfiqa.stages.s7_evaluate.image_quality import CropMaker, collect_images, resolve_model, run_model
     from synfiqa.registry import get_registry
 
     problem = device_problem(device)
@@ -76,11 +76,11 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
 def score_against_references(items, references, aligned, out, detector, device, progress, config_path, overrides,
                              registry) -> None:
     from synfiqa.context import create_on_device
-    from synfiqa.evaluation.image_quality import CropMaker
-    from synfiqa.reference_scoring import score_with_references
+    from synfiqa.stages.s7_evaluate.image_quality import CropMaker
+    from synfiqa.stages.s6_score import score_with_references
 
     # --device is run.device: the config's models (RunContext) and the detector run on it
-    config = resolve_config(config_path, (() if device == "auto" else (f"run.device={device!r}",)) + tuple(overrides))
+    config = resolve_config(config_path, overrides, {"run.device": None if device == "auto" else device})
     device = config["run"]["device"]
     crop_maker = CropMaker(aligned, None if aligned else create_on_device(registry, "detector", detector, device))
     show = progress if progress is not None else sys.stderr.isatty()
@@ -152,7 +152,7 @@ def scores_json(outcomes, model: str, variant: str) -> dict:
 
 
 def _write(path: str, text: str) -> None:
-    from synfiqa.images import write_text_atomic
+    from synfiqa.store import write_text_atomic
 
     write_text_atomic(path, text)
 

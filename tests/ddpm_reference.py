@@ -213,7 +213,7 @@ def reference_sample(model, shape, timesteps_used, initial, noises, betas_full):
 
 def write_tiny_model(folder, seed: int = 1):
     """A converted tiny DCFace-family model folder (32x32 images), for generator tests."""
-    from synfiqa.diffusion_convert import GuidedDiffusionArch, build_unet, write_model_dir
+    from synfiqa_plugins.generators.ddpm.convert import GuidedDiffusionArch, build_unet, write_model_dir
 
     arch = GuidedDiffusionArch(image_size=32, model_channels=32, channel_mult=(1, 2), attention_resolutions=(16,),
                                num_head_channels=16)

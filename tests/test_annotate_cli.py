@@ -15,9 +15,9 @@ from PIL import Image, ImageOps
 from scipy.stats import rankdata
 
 from synfiqa.config import load_config
-from synfiqa.dataset import read_quality_scores
+from synfiqa.layout import read_quality_scores
 from synfiqa.images import read_rgb
-from synfiqa.pipeline import build
+from synfiqa.stages.build import build
 from synfiqa.registry import Registry
 from synfiqa_cli.main import cli
 

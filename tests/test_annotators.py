@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from synfiqa.config import load_config
-from synfiqa.pipeline import build
-from synfiqa.scoring import combine_mr, min_max, rank_score, reference_cosine, spatial_score
+from synfiqa.stages.build import build
+from synfiqa.mr_label import combine_mr, min_max, rank_score, reference_cosine, spatial_score
 from tests.distributions import write_distribution
 
 
@@ -202,7 +202,7 @@ def test_vl_scores_each_sample_against_the_reference_prompt():
 
 
 def test_mr_says_which_domain_it_lacked_and_refuses_an_undefined_score():
-    from synfiqa.annotate import score_dataset
+    from synfiqa.stages.s5_annotate import score_dataset
     from synfiqa.errors import ConfigError
     from synfiqa_plugins.annotators.combined import MultiReferenceAnnotator
     from synfiqa_plugins.annotators.spatial import SpatialAnnotator

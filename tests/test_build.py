@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from synfiqa.config import load_config
-from synfiqa.dataset import read_quality_scores
-from synfiqa.pipeline import build
+from synfiqa.layout import read_quality_scores
+from synfiqa.stages.build import build
 from synfiqa_cli.main import cli
 
 SMALL = ["run.degraded=6"]

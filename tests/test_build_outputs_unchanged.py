@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from synfiqa.config import load_config
-from synfiqa.pipeline import build
+from synfiqa.stages.build import build
 
 HASHES = Path(__file__).parent / "data" / "build_hashes.json"
 LIBRARIES = ("torch", "numpy", "pillow", "opencv-python-headless", "scipy", "dlib-bin", "facenet-pytorch", "onnx")

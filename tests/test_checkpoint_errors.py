@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from synfiqa.errors import CheckpointError
-from synfiqa_plugins.models.checkpoints import find_state_dict, load_state_dict_strictly, read_payload
+from synfiqa.checkpoints import find_state_dict, load_state_dict_strictly, read_payload
 
 
 class RunsCode:
@@ -201,7 +201,7 @@ def test_score_with_a_bad_checkpoint_file(bad_file, faces_dir):
 
 
 def tiny_bin(folder):
-    from synfiqa.evaluation.pairs import write_insightface_bin
+    from synfiqa.stages.s7_evaluate.pairs import write_insightface_bin
 
     rng = np.random.default_rng(0)
     encoded = []

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from ddpm_reference import ReferenceUNet, randomize, reference_sample
-from synfiqa.diffusion import RespacedSchedule, ScheduleConfig, linear_betas, respaced_timesteps, to_uint8
-from synfiqa.diffusion_convert import (DCFACE_STAGE1, GuidedDiffusionArch, build_unet, convert_checkpoint,
+from synfiqa_plugins.generators.ddpm.unet import RespacedSchedule, ScheduleConfig, linear_betas, respaced_timesteps, to_uint8
+from synfiqa_plugins.generators.ddpm.convert import (DCFACE_STAGE1, GuidedDiffusionArch, build_unet, convert_checkpoint,
                                        expected_shapes)
 from synfiqa.errors import ConfigError
 
@@ -231,7 +231,7 @@ def ddpm_build_config(model_dir, count=3):
 
 def test_a_killed_ddpm_build_keeps_its_images_and_samples_only_the_missing_ones(tiny_model_dir, tmp_path,
                                                                                  monkeypatch):
-    from synfiqa.pipeline import build
+    from synfiqa.stages.build import build
     from synfiqa_plugins.generators.ddpm import DdpmGenerator
 
     config = ddpm_build_config(tiny_model_dir)

@@ -12,7 +12,7 @@ from scipy.stats import rankdata
 
 from synfiqa.config import load_config
 from synfiqa.degradation import ChainStep, DegradationChain
-from synfiqa.pipeline import build
+from synfiqa.stages.build import build
 from synfiqa.registry import Registry
 
 CHAIN = ["blur-downscale", "jpeg", "sensor-noise", "motion-blur", "defocus-blur", "illumination", "occlusion"]

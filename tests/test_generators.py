@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from synfiqa.output_folder import read_rows
+from synfiqa.store import read_rows
 
 from ddpm_reference import write_tiny_model
 from synfiqa.errors import BadInputError, ConfigError
@@ -67,7 +67,8 @@ def test_generate_through_the_folder_generator_copies_photos(faces_dir, tmp_path
     result = CliRunner().invoke(cli, ["generate", "--generator", "folder", "-n", "2", "--out", str(tmp_path / "o"),
                                       "--set", f"generate.params.folder.path={json.dumps(str(faces_dir))}"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir()) == ["ardern", "macron"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir() and not p.name.startswith(".")) == [
+        "ardern", "macron"]
     assert (tmp_path / "o" / "ardern" / "ardern_2.jpg").read_bytes() == (faces_dir / "ardern_2.jpg").read_bytes()
 
 

@@ -20,7 +20,7 @@ from synfiqa.align import align_face
 from synfiqa.config import load_config
 from synfiqa.images import read_rgb
 from synfiqa.models import pick_main_face
-from synfiqa.pipeline import build
+from synfiqa.stages.build import build
 from synfiqa.registry import Registry
 
 FACES = Path(__file__).parent / "data" / "faces"

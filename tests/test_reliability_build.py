@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from synfiqa.dataset import (DatasetDir, format_quality_scores, identity_folder_name, read_quality_scores,
-                             write_group)
+from synfiqa.layout import format_quality_scores, identity_folder_name, read_quality_scores
+from synfiqa.stages.build import build_folder
+from synfiqa.store import write_group
 from synfiqa.errors import BadInputError, OutputConflictError, OutputWriteError
 from synfiqa_cli.main import cli
 
@@ -265,11 +266,11 @@ def test_the_dataset_wide_files_are_replaced_all_or_none(tmp_path, monkeypatch):
 
 
 def test_a_second_build_in_the_same_folder_is_refused(tmp_path):
-    holder = DatasetDir(tmp_path / "out")
+    holder = build_folder(tmp_path / "out")
     holder.acquire()
     try:
         with pytest.raises(OutputConflictError, match="in use by another synfiqa run"):
-            DatasetDir(tmp_path / "out").acquire()
+            build_folder(tmp_path / "out").acquire()
         # and from another process, through the command line
         code = subprocess.run(
             [sys.executable, "-c", "import sys; from synfiqa_cli.main import cli; sys.argv=['synfiqa'] + sys.argv[1:]; cli()",
@@ -279,17 +280,17 @@ def test_a_second_build_in_the_same_folder_is_refused(tmp_path):
         assert not (tmp_path / "out" / "data").exists()
     finally:
         holder.release()
-    DatasetDir(tmp_path / "out").acquire()  # free again once released
+    build_folder(tmp_path / "out").acquire()  # free again once released
 
 
 def test_a_crash_before_anything_was_written_does_not_suggest_a_config_that_does_not_exist(tmp_path, monkeypatch):
     # before: the read-only case said "resume with --config OUT/config.toml", a file never written
-    import synfiqa.pipeline
+    import synfiqa.stages.build
 
     def crash(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "out"))
 
-    monkeypatch.setattr(synfiqa.pipeline, "build", crash)
+    monkeypatch.setattr(synfiqa.stages.build, "build", crash)
     result = CliRunner().invoke(cli, ["build", "--out", str(tmp_path / "out"), "--no-progress"])
     assert result.exit_code == 1
     assert "--config" not in result.output and "Nothing was written" in result.output
@@ -306,7 +307,7 @@ def test_a_folder_that_cannot_be_written_is_one_clear_line(tmp_path, monkeypatch
 
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(OutputWriteError, match="cannot be written") as error:
-        DatasetDir(out).prepare("f", "", overwrite=False)
+        build_folder(out).claim({"fingerprint": "f"}, overwrite=False)
     assert "\n" not in str(error.value)
 
 
@@ -314,7 +315,7 @@ def test_a_folder_that_cannot_be_written_is_one_clear_line(tmp_path, monkeypatch
 
 def test_face_notes_on_landmark_geometry():
     from synfiqa.models import DetectedFace
-    from synfiqa.pipeline import face_notes
+    from synfiqa.stages.build import face_notes
 
     upright = np.array([[38, 51], [73, 51], [56, 71], [41, 92], [70, 92]], dtype=np.float32)
     flipped = upright.copy()

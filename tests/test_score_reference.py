@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from scipy.stats import rankdata
 
 from synfiqa.config import load_config
-from synfiqa.pipeline import build
+from synfiqa.stages.build import build
 from synfiqa_cli.main import cli
 
 

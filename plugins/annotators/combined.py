@@ -7,7 +7,7 @@ import numpy as np
 from synfiqa import hookimpl
 from synfiqa.annotation import Annotator
 from synfiqa.errors import ConfigError
-from synfiqa.scoring import combine_mr, min_max
+from synfiqa.mr_label import combine_mr, min_max
 
 
 class MultiReferenceAnnotator(Annotator):

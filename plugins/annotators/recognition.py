@@ -15,11 +15,11 @@ from synfiqa.annotation import Annotator
 
 def reference_cosine_op():
     """The compiled `ref_cosine` op when synfiqa.ops provides it (it falls back to its own
-    pure-torch twin when it cannot build), else the reference in synfiqa.scoring."""
+    pure-torch twin when it cannot build), else the reference in synfiqa.mr_label."""
     try:
         from synfiqa.ops import ref_cosine
     except ImportError:
-        from synfiqa.scoring import reference_cosine
+        from synfiqa.mr_label import reference_cosine
 
         return lambda samples, sample_ids, references, reference_ids: reference_cosine(samples, references)
     return ref_cosine

@@ -6,7 +6,7 @@ from __future__ import annotations
 from synfiqa import hookimpl
 from synfiqa.annotation import Annotator
 from synfiqa.errors import ConfigError
-from synfiqa.scoring import spatial_score
+from synfiqa.mr_label import spatial_score
 
 YAW_AXIS = "pose.abs_yaw"
 

@@ -81,7 +81,7 @@ class IRNet(nn.Module):
 def network_state_dict(state_dict: dict) -> dict:
     """The network's keys of an AdaFace checkpoint: those under "model." (the margin head's
     "head." keys are training only); a bare state dict as it is."""
-    from synfiqa_plugins.models.checkpoints import strip_prefix
+    from synfiqa.checkpoints import strip_prefix
 
     if any(key.startswith("model.") for key in state_dict):
         return strip_prefix(state_dict, "model.")
@@ -104,7 +104,7 @@ def blocks_of(state_dict: dict, source: str) -> tuple[int, ...]:
 def build_adaface(state_dict: dict, source: str, depth: int | None = None) -> IRNet:
     """An IRNet of the depth the keys describe, loaded strictly. With `depth`, a checkpoint
     of another depth is an error before anything runs."""
-    from synfiqa_plugins.models.checkpoints import load_state_dict_strictly
+    from synfiqa.checkpoints import load_state_dict_strictly
 
     state_dict = network_state_dict(state_dict)
     blocks = blocks_of(state_dict, source)
@@ -130,7 +130,7 @@ class AdaFaceEmbedder:
 
     def __init__(self, path: str = "", device: str = "auto", batch_size: int = 64, bgr_input: bool = True):
         from synfiqa.weights import locate
-        from synfiqa_plugins.models.checkpoints import find_state_dict, read_payload
+        from synfiqa.checkpoints import find_state_dict, read_payload
 
         location = locate(self.asset, explicit=path or None)
         self.path = next(iter(location.files.values()))

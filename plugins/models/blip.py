@@ -73,7 +73,7 @@ def rename_original_key(key: str) -> str | None:
 def convert_original_state_dict(state_dict: dict, source: str = "checkpoint") -> dict:
     """Original BLIP_Retrieval names -> BlipForImageTextRetrieval names. Training-only keys
     are dropped; a key of neither kind is an error that names it."""
-    from synfiqa_plugins.models.checkpoints import listing
+    from synfiqa.checkpoints import listing
 
     converted, unknown = {}, []
     for key, value in state_dict.items():
@@ -173,8 +173,8 @@ def load_original_checkpoint(checkpoint: str | Path, vision_heads: int | None = 
     """An original BLIP retrieval checkpoint -> (BlipForImageTextRetrieval in eval mode, its config)."""
     from transformers import BlipForImageTextRetrieval
 
-    from synfiqa_plugins.models.checkpoints import find_state_dict, read_payload
-    from synfiqa_plugins.models.checkpoints import load_state_dict_strictly
+    from synfiqa.checkpoints import find_state_dict, read_payload
+    from synfiqa.checkpoints import load_state_dict_strictly
 
     source = str(checkpoint)
     original = find_state_dict(read_payload(checkpoint, "blip-retrieval-coco"), checkpoint, wrappers=("model", "state_dict"))
@@ -205,7 +205,7 @@ def convert_original_checkpoint(checkpoint: str | Path, output_dir: str | Path, 
 def check_loading_info(info: dict, model_dir: Path) -> None:
     """transformers fills missing weights with random ones and only logs it; a folder of
     another BLIP head (captioning, VQA) would then score with a random text encoder."""
-    from synfiqa_plugins.models.checkpoints import listing
+    from synfiqa.checkpoints import listing
 
     missing = sorted(info.get("missing_keys") or ())
     mismatched = sorted(str(item[0]) if isinstance(item, (tuple, list)) else str(item)
@@ -318,3 +318,40 @@ class BlipITC:
 @hookimpl
 def register_models(register):
     register("blip-itc", BlipITC)
+
+
+def _blip_command():
+    import click
+
+    @click.command("blip")
+    @click.argument("checkpoint", type=click.Path(dir_okay=False))
+    @click.option("--out", required=True, type=click.Path(file_okay=False),
+                  help="The transformers folder to write (config.json, model.safetensors, tokenizer).")
+    @click.option("--tokenizer", default="", help="A folder with the bert-base-uncased vocabulary "
+                  "(default: the bert-base-uncased asset: synfiqa weights folders, Hugging Face cache).")
+    @click.option("--vision-heads", type=int, default=None, help="Attention heads of the ViT (default: width / 64).")
+    @click.option("--text-heads", type=int, default=None, help="Attention heads of the text encoder (default: width / 64).")
+    def blip(checkpoint, out, tokenizer, vision_heads, text_heads):
+        """The original BLIP retrieval checkpoint (model_base_retrieval_coco.pth, salesforce/BLIP
+        key names) -> a BlipForImageTextRetrieval folder that the blip-itc model loads."""
+        from pathlib import Path
+
+        from synfiqa.errors import OutputConflictError
+        from synfiqa_plugins.models.blip import convert_original_checkpoint
+
+        target = Path(out)
+        if target.exists() and any(target.iterdir()):
+            raise OutputConflictError(f"{out} is not empty; choose a new folder for the converted model")
+        written = convert_original_checkpoint(checkpoint, target, tokenizer, vision_heads, text_heads)
+        click.echo(f"wrote {written} (transformers BlipForImageTextRetrieval + tokenizer); "
+                   f"use it with: --set models.params.blip-itc.path={written}")
+
+    return blip
+
+
+@hookimpl
+def register_commands(cli):
+    """`synfiqa convert blip`: the original BLIP retrieval checkpoint -> the transformers folder blip-itc loads."""
+    convert = cli.commands.get("convert")
+    if convert is not None:
+        convert.add_command(_blip_command())

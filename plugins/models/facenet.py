@@ -22,7 +22,7 @@ CLASSIFIER_KEYS = ("logits.weight", "logits.bias")
 def build_facenet(path) -> torch.nn.Module:
     from facenet_pytorch import InceptionResnetV1
 
-    from synfiqa_plugins.models.checkpoints import load_state_dict_strictly
+    from synfiqa.checkpoints import load_state_dict_strictly
     from synfiqa_plugins.models.iresnet import read_state_dict
 
     model = InceptionResnetV1(pretrained=None, classify=False)   # pretrained=None: no download

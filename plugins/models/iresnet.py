@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from synfiqa.errors import CheckpointError
-from synfiqa_plugins.models.checkpoints import load_state_dict_strictly
+from synfiqa.checkpoints import load_state_dict_strictly
 
 NAMED_DEPTHS = {(2, 2, 2, 2): "iresnet18", (3, 4, 6, 3): "iresnet34", (3, 4, 14, 3): "iresnet50",
                 (3, 13, 30, 3): "iresnet100"}
@@ -171,7 +171,7 @@ def detect_variant(state_dict: dict, source: str = "checkpoint") -> Variant:
 
 
 def read_state_dict(path: str | Path) -> dict:
-    from synfiqa_plugins.models.checkpoints import read_payload
+    from synfiqa.checkpoints import read_payload
 
     path = Path(path)
     payload = read_payload(path)  # tensors only, every failure one line

@@ -82,8 +82,8 @@ class SixDRepNet360Pose:
 
     def __init__(self, path: str = "", device: str = "auto", input_size: int = 224, batch_size: int = 32):
         from synfiqa.weights import locate
-        from synfiqa_plugins.models.checkpoints import find_state_dict, read_payload, strip_prefix
-        from synfiqa_plugins.models.checkpoints import load_state_dict_strictly
+        from synfiqa.checkpoints import find_state_dict, read_payload, strip_prefix
+        from synfiqa.checkpoints import load_state_dict_strictly
 
         location = locate(self.asset, explicit=path or None)
         self.path = next(iter(location.files.values()))

@@ -8,7 +8,7 @@ ends byte-identical to an uninterrupted build.
 from __future__ import annotations
 
 import io
-import sys
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,20 +18,21 @@ import torch
 from PIL import Image
 
 from synfiqa.align import align_face, apply_transform, upside_down
-from synfiqa.annotate import identity_scores, load_annotators, score_dataset
+from synfiqa.stages.s5_annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml, validate_config
 from synfiqa.context import RunContext
-from synfiqa.dataset import DatasetDir, identity_folder_name, quality_key
+from synfiqa import layout
+from synfiqa.layout import identity_folder_name, quality_key
 from synfiqa.degradation import DegradationChain
 from synfiqa.errors import BadInputError, ConfigError
-from synfiqa.filtering import filter_for_build
-from synfiqa.generation import Identity, SourceImage
-from synfiqa.images import encode_jpeg, write_atomic
+from synfiqa.stages.s1_generate import generate_into
+from synfiqa.stages.s2_filter import filter_for_build
+from synfiqa.images import encode_jpeg
+from synfiqa.progress import progress as progress_bar
+from synfiqa.store import RecordSet, StageFolder, write_atomic, write_error, write_group, write_text_atomic
 from synfiqa.models import pick_main_face
 from synfiqa.registry import Registry, get_registry
-
-GENERATED_FOLDER = "generated"  # a generative model's identities, inside the build folder
 
 @dataclass
 class AlignedPhoto:
@@ -132,7 +133,7 @@ class Pipeline:
                 return turned, turned_faces, turned_face, turned_crop, turned_matrix, notes
         return image, faces, face, crop, matrix, (*notes, "the aligned face looks upside down")
 
-    def build_identity(self, identity, dataset: DatasetDir) -> dict:
+    def build_identity(self, identity, out: Path) -> dict:
         run = self.config["run"]
         photos, skipped = self.align_photos(identity)
         rows = list(skipped)
@@ -142,15 +143,15 @@ class Pipeline:
 
         def save(name: str, pixels: np.ndarray) -> np.ndarray:
             data = encode_jpeg(pixels, quality)
-            write_atomic(dataset.image_path(identity.name, name), data)
+            write_atomic(layout.image_path(out, identity.name, name), data)
             # score exactly what a reader of the dataset gets back
             return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
         references = []
         for k, photo in enumerate(photos[: run["references"]]):
-            references.append(save(f"Ref-{k}.jpg", photo.crop))
+            references.append(save(layout.reference_name(k), photo.crop))
             rows.append({"identity": identity.name, "index": k, "role": "reference", "status": "ok",
-                         "path": f"data/{identity.name}/Ref-{k}.jpg", "source": photo.key,
+                         "path": layout.relative_path(identity.name, layout.reference_name(k)), "source": photo.key,
                          "params": {"pose.abs_yaw": photo.abs_yaw}, **_notes(photo)})
         reference_tensor = torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).contiguous()
 
@@ -164,14 +165,14 @@ class Pipeline:
             batch = torch.from_numpy(np.stack([s.crop for s in sources[start:stop]])).permute(0, 3, 1, 2).contiguous()
             landmarks = torch.from_numpy(np.stack([s.landmarks for s in sources[start:stop]])).to(torch.float32)
             part = [{key: value[start:stop] for key, value in step.items()} for step in sampled]
-            out = self.chain.apply(batch, part, landmarks=landmarks).permute(0, 2, 3, 1).numpy()
-            degraded += [save(f"{k}.jpg", pixels) for k, pixels in zip(indices[start:stop], out)]
+            images = self.chain.apply(batch, part, landmarks=landmarks).permute(0, 2, 3, 1).numpy()
+            degraded += [save(layout.sample_name(k), pixels) for k, pixels in zip(indices[start:stop], images)]
         sample_tensor = torch.from_numpy(np.stack(degraded)).permute(0, 3, 1, 2).contiguous()
 
         scores = identity_scores(self.annotators, sample_tensor, reference_tensor, self.context)
         for k, source, record in zip(indices, sources, params):
             rows.append({"identity": identity.name, "index": k, "role": "degraded", "status": "ok",
-                         "path": f"data/{identity.name}/{k}.jpg", "source": source.key,
+                         "path": layout.relative_path(identity.name, layout.sample_name(k)), "source": source.key,
                          "params": {"pose.abs_yaw": source.abs_yaw, **record},
                          "scores": {key: values[k] for key, values in scores.items()}, **_notes(source)})
         return {"identity": identity.name, "status": "ok", "rows": rows}
@@ -242,77 +243,80 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     """Run the build; returns the summary. `shard=(i, n)` does the per-identity work of every
     n-th identity starting at i and leaves the dataset-wide step to a run without shard.
     `stop_after` ends after that many identities were built (tests use it to interrupt)."""
+    out = Path(out)
     registry = registry or get_registry()
     validate_config(config, registry)  # the CLI did already; this covers callers of the Python API
     pipeline = Pipeline(config, registry)
-    check_input_and_output(pipeline, Path(out))
+    check_input_and_output(pipeline, out)
     pipeline.chain.probe(config["run"]["image_size"])  # a broken degradation plugin is named before anything is written
     generative = hasattr(pipeline.generator, "generate_indices")
     if not generative:  # listed before anything is written: a bad identity name writes nothing
         identities = pipeline.generator.identities(None, config["run"]["seed"])
         for identity in identities:
             identity_folder_name(identity.name)
-    dataset = DatasetDir(out)
-    resumed = dataset.prepare(fingerprint(config), to_toml(config), overwrite)
-    try:
+    with build_folder(out) as folder:
+        resumed = folder.claim({"fingerprint": fingerprint(config)}, overwrite)
+        try:
+            write_text_atomic(out / layout.CONFIG, to_toml(config))
+        except OSError as error:
+            raise write_error(out, error) from None
         if resumed:
             echo(f"resuming the build in {out}")
+        records = RecordSet(out / layout.IDENTITY_RECORDS, root=out)
         if generative:
-            identities = generate_into_build(pipeline, dataset, progress, echo)
-        return _build_identities(pipeline, dataset, identities, shard, progress, echo, stop_after, out)
-    finally:
-        dataset.release()
+            name = config["generate"]["generator"]
+            identities = generate_into(pipeline.generator, name, component_params(config, "generate", name),
+                                       config["run"]["seed"], out / layout.GENERATED, progress, echo)
+        return _build_identities(pipeline, out, records, identities, shard, progress, echo, stop_after)
 
 
-def _build_identities(pipeline, dataset, identities, shard, progress, echo, stop_after, out) -> dict:
+def build_folder(out: Path) -> StageFolder:
+    """The build's output folder: owned by the config's fingerprint; resuming another config's
+    build takes that build's own config.toml."""
+    def resume_hint(folder: StageFolder) -> str:
+        written = folder.root / layout.CONFIG
+        return (f" To resume that build: synfiqa build --out {folder.root} --config {written}."
+                if written.is_file() else "")
+
+    return StageFolder(out, marker=layout.BUILD_MARKER, what="build", owned=layout.OWNED_ENTRIES,
+                       resume_hint=resume_hint, settings="another config")
+
+
+def _build_identities(pipeline, out, records, identities, shard, progress, echo, stop_after) -> dict:
     config = pipeline.config
     # filter.chain: removed identities get a record with the filter's reason, and no work
-    kept = filter_for_build(pipeline, identities, dataset, echo)
+    kept = filter_for_build(config, pipeline.context, identities, out / ".synfiqa" / "filter.json", records, echo)
     mine = kept if shard is None else kept[shard[0]::shard[1]]
-    recorded = [identity for identity in mine if dataset.has_record(identity.name)]
-    broken = [identity.name for identity in recorded if not dataset.record_is_complete(identity.name)]
-    todo = [identity for identity in mine if not dataset.has_record(identity.name) or identity.name in broken]
+    broken = [identity.name for identity in mine if records.has(identity.name) and not records.is_complete(identity.name)]
+    todo = [identity for identity in mine if not records.has(identity.name) or identity.name in broken]
     echo(f"identities: {len(mine)} ({len(mine) - len(todo)} already built)")
     if broken:
         shown = ", ".join(broken[:5]) + (", ..." if len(broken) > 5 else "")
         echo(f"rebuilding {len(broken)} identities whose recorded files are missing or changed: {shown}")
-    bar = _progress(todo, progress)
+    bar = progress_bar(todo, enabled=progress, description="identities", unit="id")
     for count, identity in enumerate(bar, start=1):
-        dataset.write_record(identity.name, pipeline.build_identity(identity, dataset))
+        records.write(identity.name, pipeline.build_identity(identity, out))
         if stop_after is not None and count >= stop_after:
             return {"stopped_after": count}
     if shard is not None:
-        missing = [i.name for i in identities if not dataset.has_record(i.name)]
+        missing = [i.name for i in identities if not records.has(i.name)]
         echo(f"shard {shard[0]}/{shard[1]} done; {len(missing)} identities still missing from other shards")
         return {"shard": list(shard), "missing": len(missing)}
-    incomplete = [i.name for i in identities if not dataset.record_is_complete(i.name)]
+    incomplete = [i.name for i in identities if not records.is_complete(i.name)]
     if incomplete:  # another shard's identity lost a file since it was built
         raise BadInputError("incomplete-build", f"{len(incomplete)} identities have missing or changed files "
                             f"({', '.join(incomplete[:5])}); run the build again (or the shard that owns them)")
-    records = [dataset.read_record(identity.name) for identity in identities]
-    rows, quality, summary = pipeline.finalize(records)
-    dataset.write_outputs(rows, quality, summary)
+    rows, quality, summary = pipeline.finalize([records.read(identity.name) for identity in identities])
+    write_group({  # all or none: never a manifest without its scores
+        out / layout.MANIFEST: "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode(),
+        out / layout.QUALITY_SCORES: layout.format_quality_scores(quality).encode(),
+        out / layout.SUMMARY: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
+    }, out)
     for line in stage_summary(config, summary, getattr(pipeline.generator, "skipped_files", []),
                               summary["missing_domains"]):
         echo(line)
-    echo(f"wrote {Path(out) / 'Quality-Scores.txt'} ({len(quality)} scores) and manifest.jsonl")
+    echo(f"wrote {out / layout.QUALITY_SCORES} ({len(quality)} scores) and {layout.MANIFEST}")
     return summary
-
-
-def generate_into_build(pipeline: Pipeline, dataset: DatasetDir, progress, echo) -> list[Identity]:
-    """A generative model's identities are written to OUT/generated (lossless PNG, one
-    sub-folder per identity, as `synfiqa generate` writes them) as they are sampled, so a
-    killed build keeps every finished batch and a resumed one samples only what is missing;
-    the build then reads them back like any identity folder."""
-    from synfiqa.generate_folder import write_generated
-
-    config = pipeline.config
-    name = config["generate"]["generator"]
-    target = dataset.root / GENERATED_FOLDER
-    write_generated(pipeline.generator, name, component_params(config, "generate", name),
-                    pipeline.generator.count, config["run"]["seed"], target, progress, echo)
-    names = [pipeline.generator.identity_name(i) for i in range(pipeline.generator.count)]
-    return [Identity(n, (SourceImage("0.png", path=target / n / "0.png"),)) for n in names]
 
 
 def stage_summary(config: dict, summary: dict, skipped_files: list, unavailable: dict) -> list[str]:
@@ -333,13 +337,3 @@ def stage_summary(config: dict, summary: dict, skipped_files: list, unavailable:
     for name, why in unavailable.items():
         lines.append(f"  annotator {name!r} unavailable ({why}); every score is marked 'computed without {name}'")
     return lines
-
-
-def _progress(items, enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc="identities", unit="id", file=sys.stderr)

@@ -18,7 +18,6 @@ The scores are relative to the set scored together (ranks, min-max), as in the p
 """
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -26,13 +25,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from synfiqa.annotate import YAW_AXIS, identity_scores, load_annotators, score_dataset
+from synfiqa.stages.s5_annotate import YAW_AXIS, identity_scores, load_annotators, score_dataset
 from synfiqa.annotation import SampleTable
 from synfiqa.context import RunContext
 from synfiqa.errors import BadInputError, ConfigError
-from synfiqa.evaluation.image_quality import CropMaker, ImageItem, ImageOutcome, collect_images
+from synfiqa.layout import reference_index
+from synfiqa.stages.s7_evaluate.image_quality import CropMaker, ImageItem, ImageOutcome, collect_images
 
-REFERENCE_FILE = re.compile(r"^Ref-\d+\.[A-Za-z]+$")
 NO_INTENSITIES = "sd ranks the measured |yaw| only: image files carry no recorded degradation intensities"
 
 
@@ -58,7 +57,7 @@ def split_references(items: list[ImageItem], references: str | Path | None):
     if references is None:
         by_identity, samples = defaultdict(list), []
         for item in items:
-            if REFERENCE_FILE.match(PurePosixPath(item.name).name):
+            if reference_index(PurePosixPath(item.name).name) is not None:
                 by_identity[identity_of(item)].append(item)
             else:
                 samples.append(item)

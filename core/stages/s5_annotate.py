@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 import sys
 import time
 from collections import Counter
@@ -31,15 +30,16 @@ import torch
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params
 from synfiqa.context import RunContext
-from synfiqa.dataset import quality_key
+from synfiqa.layout import (BUILD_MARKER, QUALITY_SCORES, format_quality_scores, quality_key, reference_index,
+                            sample_index, sample_key, scan_dataset)
 from synfiqa.errors import BadInputError, ConfigError, WeightsNotFoundError
-from synfiqa.images import read_rgb, write_text_atomic
+from synfiqa.images import read_rgb
+from synfiqa.progress import progress as progress_bar
+from synfiqa.store import RecordSet, StageFolder, write_text_atomic
 
 YAW_AXIS = "pose.abs_yaw"
 PREFERRED_LABEL = "mr"
 STORED_FORMAT = 2  # of .synfiqa/annotate/<identity>.json; a change invalidates stored results
-_REFERENCE = re.compile(r"^Ref-(\d+)\.(jpe?g|png)$", re.IGNORECASE)
-_DEGRADED = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------- the two steps, shared with the build
@@ -123,30 +123,6 @@ def score_dataset(annotators, unavailable: dict[str, str], table: SampleTable, c
 # ---------------------------------------------------------------- a dataset on disk
 
 
-def scan_dataset(root: Path) -> dict[str, dict[str, list[str]]]:
-    """identity -> {"references": [...], "degraded": [...]}, file names in index order."""
-    data = root / "data"
-    if not data.is_dir():
-        raise BadInputError("not-a-dataset", f"{root} has no data/ folder: not a dataset in the SynFIQA layout")
-    layout = {}
-    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
-        names = [p.name for p in folder.iterdir() if p.is_file()]
-        references = sorted((n for n in names if _REFERENCE.match(n)), key=lambda n: int(_REFERENCE.match(n)[1]))
-        degraded = sorted((n for n in names if _DEGRADED.match(n)), key=lambda n: int(_DEGRADED.match(n)[1]))
-        layout[folder.name] = {"references": references, "degraded": degraded}
-    if not any(files["degraded"] for files in layout.values()):
-        raise BadInputError("not-a-dataset", f"{data} holds no degraded samples (data/<identity>/<k>.jpg)")
-    return layout
-
-
-def sample_key(path: str) -> str:
-    """"data/<id>/<k>.jpg", "/<id>/<k>.jpg", "<id>/<k>.jpg" or an absolute path -> "/<id>/<k>.jpg"."""
-    parts = Path(str(path).replace("\\", "/")).parts
-    if len(parts) < 2:
-        raise ConfigError(f"sample path {path!r} does not name <identity>/<file>")
-    return quality_key(parts[-2], parts[-1])
-
-
 def read_intensities(root: Path, source: Path | None, registry) -> tuple[dict[str, dict[str, float]], list[str] | None]:
     """Recorded intensities keyed by "/<identity>/<file>", and the severity axes when the
     source says which they are (our own build does: summary.json, else its config.toml)."""
@@ -220,16 +196,11 @@ def annotate_dataset(config: dict, root: str | Path, *, intensities: str | Path 
     """Score every degraded sample of the dataset in `root`; writes Quality-Scores.txt,
     annotations.jsonl (one row per degraded sample: scores, partial notes, or why it was
     skipped) and annotation-summary.json. Returns that summary."""
-    from synfiqa.dataset import DatasetDir
-
-    folder = DatasetDir(root)
-    if Path(root).is_dir():
-        folder.acquire()  # a build or another annotate in the same folder would interleave writes
-    try:
+    with StageFolder(root, marker=BUILD_MARKER, what="build") as folder:
+        if Path(root).is_dir():
+            folder.acquire()  # a build or another annotate in the same folder would interleave writes
         return _annotate_dataset(config, Path(root), intensities=intensities, axes=axes, registry=registry,
                                  echo=echo, progress=progress)
-    finally:
-        folder.release()
 
 
 def _annotate_dataset(config: dict, root: Path, *, intensities, axes, registry, echo, progress) -> dict:
@@ -257,31 +228,24 @@ def _annotate_dataset(config: dict, root: Path, *, intensities, axes, registry, 
         shown = ", ".join(missing_files[:5]) + (", ..." if len(missing_files) > 5 else "")
         echo(f"annotate: {len(missing_files)} recorded samples are missing from data/ and are not scored: {shown}")
 
-    work = root / ".synfiqa" / "annotate"
-    work.mkdir(parents=True, exist_ok=True)
-    fingerprint = annotation_fingerprint(config, annotators)
-    state = work / "state.json"
-    previous = json.loads(state.read_text()).get("fingerprint") if state.is_file() else None
-    stale = [p for p in work.glob("*.json") if p != state]
-    if previous != fingerprint and stale:
-        for path in stale:
-            path.unlink()
-        echo(f"annotate: the models or annotators changed since the last run; {len(stale)} stored identities redone")
-    write_text_atomic(state, json.dumps({"fingerprint": fingerprint}) + "\n")
-
+    # per-identity results, dropped when the models or annotators change
+    stored_results = RecordSet(root / ".synfiqa" / "annotate", fingerprint=annotation_fingerprint(config, annotators))
+    if stored_results.dropped:
+        echo(f"annotate: the models or annotators changed since the last run; {stored_results.dropped} "
+             "stored identities redone")
+    work = stored_results.folder
     todo = [i for i in layout if not _stored_result_is_current(work / f"{i}.json", layout[i])]
     echo(f"annotate: {len(layout)} identities ({len(layout) - len(todo)} already annotated)")
-    bar = _progress(sum(len(layout[i]["degraded"]) for i in todo), progress)
+    bar = progress_bar(total=sum(len(layout[i]["degraded"]) for i in todo), enabled=progress,
+                       description="annotate", unit="sample")
     scored_now, loop_started = 0, time.perf_counter()
     for identity in todo:
         result = annotate_identity_folder(root / "data" / identity, layout[identity], annotators, context,
                                           config["run"]["image_size"])
-        write_text_atomic(work / f"{identity}.json", json.dumps(result, sort_keys=True) + "\n")
+        stored_results.write(identity, result, indent=None)
         scored_now += len(result["scores"])
-        if bar is not None:
-            bar.update(len(layout[identity]["degraded"]))
-    if bar is not None:
-        bar.close()
+        bar.update(len(layout[identity]["degraded"]))
+    bar.close()
     per_identity_seconds = time.perf_counter() - loop_started
 
     keys, params, rows, skipped, references_skipped = [], [], [], {}, {}
@@ -305,8 +269,7 @@ def _annotate_dataset(config: dict, root: Path, *, intensities, axes, registry, 
     result = score_dataset(annotators, unavailable, table, context)
 
     quality = {key: float(result.scores[result.label][i]) for i, key in enumerate(keys)}
-    write_text_atomic(root / "Quality-Scores.txt",
-                      "".join(f"{key}\t{value:.6f}\n" for key, value in sorted(quality.items())))
+    write_text_atomic(root / QUALITY_SCORES, format_quality_scores(quality))
     annotation_rows = [{"path": key, "role": "degraded", "status": "ok",
                         "scores": {k: float(v[i]) for k, v in result.scores.items()},
                         **({"partial": result.partial} if result.missing else {})} for i, key in enumerate(keys)]
@@ -342,8 +305,8 @@ def annotate_identity_folder(folder: Path, files: dict[str, list[str]], annotato
     skipped: dict[str, dict] = {}
     references = _read_images(folder, files["references"], image_size, skipped)
     samples = _read_images(folder, files["degraded"], image_size, skipped)
-    degraded_skipped = {name: why for name, why in skipped.items() if _DEGRADED.match(name)}
-    references_skipped = {name: why for name, why in skipped.items() if _REFERENCE.match(name)}
+    degraded_skipped = {name: why for name, why in skipped.items() if sample_index(name) is not None}
+    references_skipped = {name: why for name, why in skipped.items() if reference_index(name) is not None}
     if not samples:
         return {"scores": {}, "skipped": degraded_skipped, "references_skipped": references_skipped}
     if not references:
@@ -404,13 +367,3 @@ def _check_intensities(layout, recorded, severity_axes, annotators) -> None:
                 raise ConfigError(f"recorded intensities lack the column {missing[0]!r} (for /{identity}/{name})"
                                   + ("; set annotate.params.sd.include_yaw=false if yaw was not recorded"
                                      if missing[0] == YAW_AXIS else ""))
-
-
-def _progress(total: int, enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or not total:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="annotate", unit="sample", file=sys.stderr)

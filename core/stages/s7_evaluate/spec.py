@@ -6,7 +6,7 @@ A spec file::
 
     [[dataset]]
     name = "lfw"
-    pairs = "lfw.bin"                # any format of synfiqa.evaluation.pairs
+    pairs = "lfw.bin"                # any format of synfiqa.stages.s7_evaluate.pairs
     embeddings = "emb/lfw.npz"       # optional when an embedder is given
     images = "lfw_aligned/"          # optional: where the pairs' images are (not for .bin)
     [dataset.quality]                # optional when FIQA models are given
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synfiqa.errors import ConfigError, DataFileError
-from synfiqa.evaluation.image_quality import CropMaker, ImageItem, ImageOutcome, items_under, run_model
-from synfiqa.evaluation.inputs import (EmbeddingTable, QualityTable, embedding_table, quality_table,
+from synfiqa.stages.s7_evaluate.image_quality import CropMaker, ImageItem, ImageOutcome, items_under, run_model
+from synfiqa.stages.s7_evaluate.inputs import (EmbeddingTable, QualityTable, embedding_table, quality_table,
                                        read_embeddings, read_quality)
-from synfiqa.evaluation.pairs import PairList, read_pairs
+from synfiqa.stages.s7_evaluate.pairs import PairList, read_pairs
 
 
 @dataclass

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from synfiqa.evaluation.dataset import DatasetResult
-from synfiqa.evaluation.report import fmr_label, method_names
-from synfiqa.images import write_atomic
+from synfiqa.stages.s7_evaluate.dataset import DatasetResult
+from synfiqa.stages.s7_evaluate.report import fmr_label, method_names
+from synfiqa.store import write_atomic
 
 PANEL_SIZE = (440, 330)
 MARGIN = dict(left=62, right=16, top=34, bottom=48)

@@ -62,7 +62,7 @@ class DdpmGenerator:
 
     def __init__(self, model: str = "", count: int = 100, batch_size: int = 8, device: str = "auto",
                  fp16: bool = True, respacing: str = "100", minmax_per_image: bool = False):
-        from synfiqa.diffusion import RespacedSchedule, ScheduleConfig
+        from synfiqa_plugins.generators.ddpm.unet import RespacedSchedule, ScheduleConfig
         from synfiqa.models import resolve_device
 
         if count < 0 or batch_size < 1:
@@ -110,7 +110,7 @@ class DdpmGenerator:
 
     def sample_indices(self, indices: list[int], seed: int, on_step=None) -> np.ndarray:
         """The images of these indices ([n, H, W, 3] uint8), sampled together as one batch."""
-        from synfiqa.diffusion import sample, to_uint8
+        from synfiqa_plugins.generators.ddpm.unet import sample, to_uint8
 
         generators = [torch.Generator().manual_seed(self.image_seed(seed, i)) for i in indices]
 
@@ -162,3 +162,48 @@ class DdpmGenerator:
 @hookimpl
 def register_generators(register):
     register("ddpm", DdpmGenerator)
+
+
+def _guided_diffusion_command():
+    import click
+
+    @click.command("guided-diffusion")
+    @click.argument("checkpoint", type=click.Path(dir_okay=False))
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="The diffusers model folder to write.")
+    @click.option("--preset", default="dcface-stage1", show_default=True,
+                  help="Architecture preset (dcface-stage1: DCFace's Unc-Diff-Stage1.pth).")
+    @click.option("--arch", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override one architecture key, e.g. --arch channel_mult=1,2,4 (repeatable).")
+    def guided_diffusion(checkpoint, out, preset, overrides):
+        """A guided-diffusion UNet state_dict (e.g. Unc-Diff-Stage1.pth) -> a diffusers folder
+        (UNet2DModel + DDPMScheduler config) that the ddpm generator loads."""
+        from pathlib import Path
+
+        from synfiqa_plugins.generators.ddpm.convert import PRESETS, convert_checkpoint
+        from synfiqa.errors import ConfigError, OutputConflictError
+
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(sorted(PRESETS))}")
+        values = {}
+        for override in overrides:
+            if "=" not in override:
+                raise ConfigError(f"--arch {override!r} must look like key=value")
+            key, value = override.split("=", 1)
+            values[key.strip()] = value.strip()
+        arch = PRESETS[preset].with_overrides(values)
+        target = Path(out)
+        if target.exists() and any(target.iterdir()):
+            raise OutputConflictError(f"{out} is not empty; choose a new folder for the converted model")
+        written = convert_checkpoint(checkpoint, target, arch)
+        click.echo(f"wrote {written} (diffusers UNet2DModel + DDPMScheduler config); "
+                   f"use it with: --set generate.generator=ddpm --set generate.params.ddpm.model={written}")
+
+    return guided_diffusion
+
+
+@hookimpl
+def register_commands(cli):
+    """`synfiqa convert guided-diffusion`: DCFace's guided-diffusion checkpoint -> the diffusers folder this generator loads."""
+    convert = cli.commands.get("convert")
+    if convert is not None:
+        convert.add_command(_guided_diffusion_command())

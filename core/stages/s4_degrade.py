@@ -23,9 +23,10 @@ import torch
 from synfiqa.config import component_params
 from synfiqa.degradation import DegradationChain
 from synfiqa.errors import BadInputError
-from synfiqa.evaluation.image_quality import CropMaker, ImageItem
-from synfiqa.images import write_atomic
-from synfiqa.output_folder import append_rows, claim, png_bytes, progress_bar, read_rows
+from synfiqa.stages.s7_evaluate.image_quality import CropMaker, ImageItem
+from synfiqa.images import encode_png
+from synfiqa.progress import progress as progress_bar
+from synfiqa.store import StageFolder, append_rows, read_rows, write_atomic
 
 MANIFEST = "degraded.jsonl"
 MARKER = ".synfiqa-degrade.json"
@@ -52,11 +53,17 @@ def degrade_folder(items: list[ImageItem], config: dict, registry, crop_maker: C
     seed = config["run"]["seed"]
     description = {"chain": config["degrade"]["chain"], "seed": seed, "n": n, "aligned": crop_maker.aligned,
                    "params": {name: component_params(config, "degrade", name) for name in config["degrade"]["chain"]}}
-    if claim(out, MARKER, description, "degradation run"):
-        echo(f"resuming the degradation in {out}")
     _check_names(items)
+    with StageFolder(out, marker=MARKER, what="degradation run") as folder:
+        if folder.claim(description):
+            echo(f"resuming the degradation in {out}")
+        return _degrade(items, config, chain, crop_maker, n, out, progress, echo)
+
+
+def _degrade(items, config, chain, crop_maker, n, out, progress, echo) -> dict:
+    seed = config["run"]["seed"]
     rows = read_rows(out / MANIFEST, key="key")
-    bar = progress_bar(len(items), progress, "degrade")
+    bar = progress_bar(total=len(items), enabled=progress, description="degrade", unit="img")
     made, skipped = 0, Counter()
     for item in items:
         paths = copy_paths(item, n)
@@ -78,7 +85,7 @@ def degrade_folder(items: list[ImageItem], config: dict, registry, crop_maker: C
         points = torch.from_numpy(np.asarray(landmarks, dtype=np.float32))[None].expand(n, -1, -1).contiguous()
         degraded = chain.apply(images, sampled, landmarks=points).permute(0, 2, 3, 1).numpy()
         for path, pixels in zip(paths, degraded):
-            write_atomic(out / path, png_bytes(pixels))
+            write_atomic(out / path, encode_png(pixels))
         append_rows(out / MANIFEST, [  # rows after the images: a row always has its image
             {"key": key, "source": item.name, "index": k, "path": path, "status": "ok", "params": params}
             for k, (key, path, params) in enumerate(zip(keys, paths, chain.records(sampled, n)))])

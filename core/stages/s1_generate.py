@@ -14,8 +14,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from synfiqa.images import write_atomic
-from synfiqa.output_folder import append_rows, claim, png_bytes, progress_bar, read_rows
+from synfiqa.generation import Identity, SourceImage
+from synfiqa.images import encode_png
+from synfiqa.progress import progress as progress_bar
+from synfiqa.store import StageFolder, append_rows, read_rows, write_atomic
 
 MANIFEST = "generated.jsonl"
 MARKER = ".synfiqa-generate.json"
@@ -28,11 +30,15 @@ def read_manifest(out: Path) -> dict[str, dict]:
 def write_generated(generator, name: str, params: dict, n: int, seed: int, out: str | Path,
                     progress: bool | None = None, echo=print) -> dict:
     out = Path(out)
-    description = {"generator": name, "params": params, "seed": seed}
-    if claim(out, MARKER, description, "generation"):
-        echo(f"resuming the generation in {out}")
+    with StageFolder(out, marker=MARKER, what="generation") as folder:
+        if folder.claim({"generator": name, "params": params, "seed": seed}):
+            echo(f"resuming the generation in {out}")
+        return _write(generator, name, n, seed, out, progress, echo)
+
+
+def _write(generator, name: str, n: int, seed: int, out: Path, progress, echo) -> dict:
     rows = read_manifest(out)
-    bar = progress_bar(n, progress, "generate")
+    bar = progress_bar(total=n, enabled=progress, description="generate", unit="img")
     written = 0
     if hasattr(generator, "generate_indices"):
         def path_of(index):
@@ -44,7 +50,7 @@ def write_generated(generator, name: str, params: dict, n: int, seed: int, out: 
         for indices, images in generator.generate_indices(todo, seed):
             batch_rows = []
             for index, pixels in zip(indices, images):
-                write_atomic(out / path_of(index), png_bytes(pixels))
+                write_atomic(out / path_of(index), encode_png(pixels))
                 batch_rows.append({"identity": generator.identity_name(index), "path": path_of(index),
                                    "height": int(pixels.shape[0]), "width": int(pixels.shape[1]),
                                    **generator.metadata(seed, index)})
@@ -65,7 +71,7 @@ def write_generated(generator, name: str, params: dict, n: int, seed: int, out: 
                 else:
                     target = target.with_suffix(".png")
                     path = f"{identity.name}/{target.name}"
-                    write_atomic(target, png_bytes(source.load()))
+                    write_atomic(target, encode_png(source.load()))
                 batch_rows.append({"identity": identity.name, "path": path, "generator": name, "seed": seed,
                                    "source": str(source.path) if source.path else None})
                 written += 1
@@ -75,3 +81,14 @@ def write_generated(generator, name: str, params: dict, n: int, seed: int, out: 
     total = len(read_manifest(out))
     echo(f"generate: wrote {written} images ({total} in {out}, manifest {MANIFEST})")
     return {"written": written, "total": total}
+
+
+def generate_into(generator, name: str, params: dict, seed: int, target: Path, progress, echo) -> list[Identity]:
+    """A generative model's identities for a build: written to `target` (lossless PNG, one
+    sub-folder per identity, as `synfiqa generate` writes them) as they are sampled, so a
+    killed build keeps every finished batch and a resumed one samples only what is missing;
+    the build then reads them back like any identity folder."""
+    write_generated(generator, name, params, generator.count, seed, target, progress, echo)
+    names = [generator.identity_name(i) for i in range(generator.count)]
+    return [Identity(n, (SourceImage("0.png", path=target / n / "0.png"),)) for n in names]
+

@@ -301,7 +301,7 @@ def read_guided_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist")
-    from synfiqa_plugins.models.checkpoints import read_payload
+    from synfiqa.checkpoints import read_payload
 
     loaded = read_payload(path)  # tensors only, every failure one line (a CheckpointError)
     for wrapper in ("state_dict", "model", "ema"):

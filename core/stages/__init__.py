@@ -1,0 +1,17 @@
+"""The pipeline's stages, one driver module each, in the order a build runs them.
+
+    s1_generate    identities from a generator (a folder of photos, or a generative model)
+    s2_filter      identity filters (yaw, glasses, expression, uniqueness), each decision recorded
+    s3             (reserved: the Stage-2 plan of references and samples per identity)
+    s4_degrade     the degradation chain over aligned faces, every parameter recorded
+    s5_annotate    the MR label: fr, sd, vl per sample, then dataset-wide ranks and min-max
+    s6_score       quality scores of any photos: FIQA networks or the MR label with references
+    s7_evaluate    EDC / pAUC of a quality score against face recognition
+    build          runs s1, s2, the per-identity work (align, references, s4, s5) and the
+                   dataset-wide step into one SynFIQA dataset
+
+A driver reads the config and writes its stage's outputs; the contracts it drives (what a
+generator, filter, degradation, annotator or model must offer) live beside this package in
+`synfiqa.generation`, `synfiqa.filtering`, `synfiqa.degradation`, `synfiqa.annotation`,
+`synfiqa.models` and `synfiqa.protocols`. Every command of the CLI is a thin call of one driver.
+"""
