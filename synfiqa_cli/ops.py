@@ -1,4 +1,5 @@
-"""`synfiqa ops`: the compiled ops: which backend each uses, build ahead of time, benchmark."""
+"""`synfiqa ops`: the compiled ops: which backend each uses, build ahead of time. The
+benchmarks are not part of the installed package: `make bench` in a source checkout."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,14 @@ import sys
 import click
 
 
-@click.group("ops")
+BENCH_HINT = ("The benchmarks against the baselines need a source checkout of synfiqa (they live in "
+              "tests/benchmarks, with the test dependencies): run `make bench` there, or "
+              "`python -m tests.benchmarks.baselines [--op OP] [--quick] [--json]` for the comparison table.")
+
+
+@click.group("ops", epilog=BENCH_HINT)
 def ops_group():
-    """The compiled ops (blur_resample, ref_cosine, greedy_unique)."""
+    """The compiled ops (blur_resample, ref_cosine, greedy_unique): status and build."""
 
 
 @ops_group.command("status")
@@ -50,26 +56,13 @@ def ops_build(cuda, verbose):
         sys.exit(1)
 
 
-@ops_group.command("bench")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--op", "ops", multiple=True, type=click.Choice(["blur_resample", "ref_cosine", "greedy_unique"]),
-              help="Only these ops (repeatable; default: all).")
-@click.option("--quick", is_flag=True, help="Small sizes only (seconds instead of minutes).")
-def ops_bench(as_json, ops, quick):
-    """Time each op against its baselines (the comparisons of tests/benchmarks) and print the
-    table with the native op's speed-up over each."""
-    from synfiqa.ops import bench
-
-    chosen = ops or ("blur_resample", "ref_cosine", "greedy_unique")
-    progress = None if as_json else (lambda title: click.echo(f"measuring {title} ...", err=True))
-    rows = bench.run(chosen, quick=quick, progress=progress)
-    if as_json:
-        click.echo(json.dumps({"machine": bench.machine(), "rows": rows}, indent=2))
-        return
-    machine = bench.machine()
-    click.echo(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-               f"({machine['torch_threads']} threads)")
-    click.echo(bench.format_table(rows))
+@ops_group.command("bench", hidden=True, context_settings={"ignore_unknown_options": True},
+                   add_help_option=False)
+@click.argument("ignored", nargs=-1, type=click.UNPROCESSED)
+def ops_bench(ignored):
+    """Gone from the installed command: says where the benchmarks are."""
+    click.echo(f"`synfiqa ops bench` was removed. {BENCH_HINT}", err=True)
+    sys.exit(2)
 
 
 COMMANDS = [ops_group]

@@ -1,5 +1,5 @@
 """The compiled ops against their baselines, side by side in one process (the comparisons of
-synfiqa.ops.bench, which `synfiqa ops bench` runs too).
+tests/benchmarks/baselines.py, which `python -m tests.benchmarks.baselines` prints as a table).
 
     pytest tests/benchmarks/test_bench_ops.py --benchmark-enable --benchmark-group-by=group
 
@@ -10,11 +10,12 @@ references first, so a fast wrong answer fails."""
 from __future__ import annotations
 
 import gc
+import json
 
 import pytest
 import torch
 
-from synfiqa.ops import bench
+from tests.benchmarks import baselines as bench
 
 BLUR = ["synfiqa native", "synfiqa reference (torch)", "kornia batched", "original per-image (scipy+PIL)",
         "OpenCV per image"]
@@ -61,8 +62,8 @@ def check_native(comparison: bench.Comparison) -> None:
     elif comparison.op == "ref_cosine":
         assert out.shape == (native.units,) and not bool(out.isnan().any())
         assert bool((out.abs() <= 1.0001).all())
-    elif any(c.name.startswith("plain") for c in comparison.contenders):
-        assert torch.equal(out, next(c for c in comparison.contenders if c.name.startswith("plain")).fn())
+    elif any(c.name.startswith("blocked") for c in comparison.contenders):  # the op's twin: exactly
+        assert torch.equal(out, next(c for c in comparison.contenders if c.name.startswith("blocked")).fn())
     else:  # the large greedy case: the duplicates (about 20%) go, the rest stay
         assert 0.7 * native.units < int(out.sum()) < 0.9 * native.units
 
@@ -85,3 +86,16 @@ def test_benchmark_inputs_are_the_papers():
     delta = (kernels.flatten(1).max(dim=1).values == 1.0).float().mean()
     assert 0.1 < float(delta) < 0.3  # blur_level <= 1 for about 18% of samples
     assert torch.allclose(kernels.sum(dim=(1, 2)), torch.ones(256), atol=1e-5)
+
+
+def test_the_comparison_table_prints_every_contender_and_its_ratio(capsys):
+    """`python -m tests.benchmarks.baselines` (formerly `synfiqa ops bench`): JSON and table."""
+    bench.main(["--quick", "--op", "greedy_unique", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["machine"]["cores"] >= 1
+    rows = {row["contender"]: row for row in report["rows"]}
+    assert set(rows) == set(GREEDY)
+    assert rows["synfiqa native"]["speedup"] == 1.0
+    assert all(row["throughput"] > 0 and row["unit"] == "rows" for row in rows.values())
+    table = bench.format_table(report["rows"])
+    assert "| greedy_unique N=3e+03 D=512 | plain greedy loop (torch) |" in table

@@ -1,5 +1,9 @@
 """The speed comparisons of the compiled ops against their baselines, defined once and used
-by `synfiqa ops bench` and by tests/benchmarks/test_bench_ops.py (pytest-benchmark).
+by tests/benchmarks/test_bench_ops.py (pytest-benchmark; `make bench`) and by
+`python -m tests.benchmarks.baselines` (the table of docs/benchmarks.md). They live with the
+tests, not in the `synfiqa` package: the baselines need a source checkout's test
+dependencies (kornia, scipy, OpenCV, the blur-downscale plugin's sampler), and the runtime
+package ships no benchmark code.
 
 Every comparison runs its contenders in one process on the same data:
   blur_resample   synfiqa native; synfiqa reference (pure torch); kornia batched
@@ -12,7 +16,7 @@ Every comparison runs its contenders in one process on the same data:
   ref_cosine      native against reading every input embedding once (torch sum over the
                   samples and the references: a memory-bound pass); the original per-sample
                   Python loop on the first `loop_rows` samples.
-  greedy_unique   native against the plain greedy loop and the blocked pure-torch reference
+  greedy_unique   native against the plain greedy loop and the blocked pure-torch twin
                   at N = n_loop; native alone at N = n_big (with its extra peak memory).
 Throughput is in units (images or rows) per second; `speed-up` is the native op's throughput
 over the contender's.
@@ -125,6 +129,22 @@ def opencv_per_image(images, kernels, factors):
     return out
 
 
+def greedy_unique_loop(embeddings, threshold):
+    """The plain greedy loop of Stage 1: for each kept i in order, drop every later kept j
+    with cosine(i, j) > threshold; cosines of float64 unit rows by matrix-vector products.
+    O(N^2 D). A baseline and an independent check of the blocked twin's bookkeeping, not a
+    twin: its cosines are not the ordered ones, so a cosine within ~1e-13 of the threshold
+    may be judged differently (the twin, synfiqa.ops.reference, defines the op)."""
+    x = embeddings.to(torch.float64)
+    unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    kept = torch.ones(unit.shape[0], dtype=torch.bool, device=embeddings.device)
+    for i in range(unit.shape[0]):
+        if kept[i]:
+            later = unit[i + 1 :] @ unit[i]
+            kept[i + 1 :] &= later <= threshold
+    return kept
+
+
 def per_sample_loop(samples, sample_ids, references, reference_ids):
     """The original's scoring loop in torch: each identity's mean once, then one
     cosine_similarity call per sample."""
@@ -213,7 +233,7 @@ def ref_cosine_comparisons(n: int = 1_000_000, d: int = 512, samples_per_identit
 
 def greedy_comparisons(n_loop: int = 10_000, n_big: int = 100_000, d: int = 512,
                        threshold: float = 0.3) -> Iterator[Comparison]:
-    from synfiqa.ops import greedy_unique, greedy_unique_loop, greedy_unique_reference
+    from synfiqa.ops import greedy_unique, greedy_unique_reference
 
     small = identity_like_embeddings(n_loop, d)
     yield Comparison("greedy_unique", f"greedy_unique N={n_loop:.0e} D={d}", "rows", [
@@ -320,3 +340,32 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {row['case']} | {row['contender']}{note} | {row['seconds_per_call'] * 1e3:,.1f} ms "
                      f"| {row['throughput']:,.0f} {row['unit']}/s | {row['speedup']:,.2f}x |")
     return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    """python -m tests.benchmarks.baselines [--op OP ...] [--quick] [--json]: the table of
+    docs/benchmarks.md (what `synfiqa ops bench` printed before the baselines left the
+    package), from the root of a source checkout."""
+    import argparse
+    import json
+    import sys
+
+    ops = ("blur_resample", "ref_cosine", "greedy_unique")
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.baselines", description=main.__doc__)
+    parser.add_argument("--op", dest="ops", action="append", choices=ops,
+                        help="only this op (repeatable; default: all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes only (seconds instead of minutes)")
+    parser.add_argument("--json", dest="as_json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    progress = None if args.as_json else (lambda title: print(f"measuring {title} ...", file=sys.stderr))
+    rows = run(tuple(args.ops or ops), quick=args.quick, progress=progress)
+    if args.as_json:
+        print(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+        return
+    about = machine()
+    print(f"{about['cpu']}, {about['cores']} cores, torch {about['torch']} ({about['torch_threads']} threads)")
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
