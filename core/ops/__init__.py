@@ -10,18 +10,25 @@
     greedy_unique(embeddings, threshold, impl="auto")
         bool [N] kept: the Stage-1 uniqueness rule, greedy in row order.
 
-impl: "reference" runs the pure-torch definition (synfiqa.ops.reference); "native" the
-compiled kernel (C++ on CPU, CUDA on GPU), raising NativeOpsUnavailable when it cannot be
-built; "auto" the compiled kernel when it builds, else the reference (a failed build warns
-once). Set SYNFIQA_NO_NATIVE_OPS=1 to make "auto" use the reference. `status()` says which
-backend each op uses and why.
+impl: "reference" runs the op's pure-torch twin (synfiqa.ops.reference: exactly one per op,
+the definition the kernel must match, the parity tests' oracle and the fallback); "native"
+the compiled kernel (C++ on CPU, CUDA on GPU), raising NativeOpsUnavailable when it cannot be
+built; "auto" the compiled kernel when it builds, else the twin (a failed build warns once).
+Set SYNFIQA_NO_NATIVE_OPS=1 to make "auto" use the twin. `status()` says which backend each
+op uses and why. Code that needs "the reference" calls these wrappers with impl="reference".
 
-The compiled kernels equal their reference: blur_resample within 1 grey level (float32
+The compiled kernels equal their twin: blur_resample within 1 grey level (float32
 summation order; the C++ kernel also skips kernel border rows/columns whose total absolute
 weight is below 2^-24 of the kernel's, a change below float32 resolution, <= 1.5e-5 grey
-level), ref_cosine within float32 rounding, greedy_unique exactly (the kept set is the plain
-loop's; only a cosine within ~1e-12 of the threshold could be judged differently, by float64
-rounding).
+level), ref_cosine within float32 rounding, greedy_unique exactly. greedy_unique compares
+float64 "ordered cosines" (products rounded one by one, summed in index order; see
+synfiqa.ops.reference): the C++ kernel and the twin compute that same formula for every
+cosine near the threshold, so they agree bit for bit even for a cosine a few float64 ulp
+from it. The CUDA kernel compares float64 GEMM cosines (cuBLAS summation order): it can
+judge differently only a cosine within ~1e-13 of the threshold.
+
+Benchmarks against the slow baselines are not part of this package: tests/benchmarks
+(`make bench` in a source checkout).
 """
 from __future__ import annotations
 
@@ -33,7 +40,6 @@ import torch
 from synfiqa.ops import loader as _loader
 from synfiqa.ops.reference import (
     blur_resample_reference,
-    greedy_unique_loop,
     greedy_unique_reference,
     ref_cosine_reference,
 )
@@ -42,7 +48,7 @@ IMPLS = ("auto", "native", "reference")
 
 __all__ = [
     "IMPLS", "NativeOpsUnavailable", "blur_resample", "ref_cosine", "greedy_unique", "status", "build",
-    "blur_resample_reference", "ref_cosine_reference", "greedy_unique_reference", "greedy_unique_loop",
+    "blur_resample_reference", "ref_cosine_reference", "greedy_unique_reference",
 ]
 
 
@@ -223,7 +229,8 @@ def ref_cosine(samples: torch.Tensor, sample_ids: torch.Tensor, references: torc
 
 def greedy_unique(embeddings: torch.Tensor, threshold: float, impl: str = "auto") -> torch.Tensor:
     """bool [N]: row j is kept unless a kept earlier row i has cosine(i, j) > threshold
-    (the Stage-1 identity-uniqueness filter; 0.3 in the paper). Memory stays O(N D)."""
+    (the Stage-1 identity-uniqueness filter; 0.3 in the paper). Memory stays O(N D).
+    Cosines are float64 ordered cosines (synfiqa.ops.reference), whatever the input dtype."""
     embeddings = _float_matrix(embeddings, "embeddings")
     if isinstance(threshold, torch.Tensor) and threshold.numel() == 1:
         threshold = threshold.item()

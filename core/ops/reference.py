@@ -1,15 +1,23 @@
-"""Pure-torch twins of the compiled ops: the definition each native kernel must match,
-its test oracle, and the fallback when no native build is available.
+"""The pure-torch twins of the compiled ops, exactly one per op:
 
-They take already-validated arguments (see synfiqa.ops for the public wrappers).
+    blur_resample  -> blur_resample_reference
+    ref_cosine     -> ref_cosine_reference
+    greedy_unique  -> greedy_unique_reference
+
+Each is the definition its native kernel must match, the oracle of the parity tests
+(tests/test_ops.py), and what `synfiqa.ops` runs when no native build is available
+(impl="reference", SYNFIQA_NO_NATIVE_OPS=1, or a failed build). Code that needs "the
+reference" calls the op wrapper with impl="reference" rather than keeping a copy.
+
+They take already-validated arguments (see synfiqa.ops for the public wrappers). The slow
+baselines the ops are timed against (the plain greedy loop, per-sample loops, kornia,
+scipy + PIL, OpenCV) are not twins and live with the benchmarks, in
+tests/benchmarks/baselines.py.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-# Rows decided per step by the blocked reference of greedy_unique.
-GREEDY_BLOCK = 512
 
 
 def downscaled_size(height: int, width: int, factor: float) -> tuple[int, int]:
@@ -53,7 +61,7 @@ def ref_cosine_reference(samples: torch.Tensor, sample_ids: torch.Tensor, refere
                          reference_ids: torch.Tensor) -> torch.Tensor:
     """Cosine of each sample to the plain mean (float64, not re-normalised) of the references
     of its identity; NaN where the identity has no reference. A zero vector gives 0 (the
-    denominator is clamped at 1e-12, as in synfiqa.scoring.reference_cosine). The result has
+    denominator is clamped at 1e-12, as in synfiqa.mr_label.reference_cosine). The result has
     the samples' dtype."""
     n = samples.shape[0]
     out = torch.full((n,), float("nan"), dtype=samples.dtype, device=samples.device)
@@ -73,28 +81,99 @@ def ref_cosine_reference(samples: torch.Tensor, sample_ids: torch.Tensor, refere
     return out
 
 
+# ---------------------------------------------------------------- greedy_unique
+#
+# Precision: float64, in one fully specified evaluation order, so that the twin and the
+# compiled CPU op (csrc/cpu/greedy_unique.cpp) judge a cosine at the threshold alike, bit for
+# bit. The cosine of rows i and j that greedy_unique compares with the threshold is the
+# *ordered cosine*:
+#
+#     n_i    = max(sqrt(x_i0^2 + x_i1^2 + ... + x_i(D-1)^2), 1e-12)
+#     u_ik   = x_ik / n_i
+#     cos_ij = u_i0 u_j0 + u_i1 u_j1 + ... + u_i(D-1) u_j(D-1)
+#
+# in float64 (float32 input widened exactly), each product rounded on its own (no fused
+# multiply-add) and each sum taken left to right in index order: every step is one IEEE
+# operation, so any machine, compiler or vector width gives the same bits. The C++ op
+# decides most pairs with integer copies and rigorous error bounds (the true cosine is then
+# far from the threshold, so every float64 evaluation agrees) and computes exactly this
+# formula for any pair within 1e-12 + 4 D 2^-53 of it. The twin computes the cosines with a
+# float64 matrix product (within D 2^-53 of exact, as is the ordered cosine) and recomputes,
+# in the ordered form, every cosine the product puts within greedy_margin(D) of the
+# threshold. So both judge every pair by the ordered cosine, on any input. float32 was not
+# chosen: rounding every cosine to float32 moves it by up to ~3e-8, and the kept set would depend
+# on which float32 summation order a machine's BLAS happens to use. (The CUDA kernel still
+# compares cuBLAS float64 GEMM cosines: it can differ only for a cosine within ~D 2^-53 of
+# the threshold.)
+
+# Rows decided per step by the blocked twin.
+GREEDY_BLOCK = 512
+# Ordered sums run on chunks of rows of at most this many values (32 MiB in float64).
+_ORDERED_VALUES = 1 << 22
+
+
+def _chunk_rows(d: int) -> int:
+    return max(1, _ORDERED_VALUES // max(d, 1))
+
+
+def greedy_margin(d: int) -> float:
+    """How far from the threshold a float64 matrix-product cosine of D-dimensional unit rows
+    must be for its side of the threshold to be the ordered cosine's too: both lie within
+    D * 2^-53 (to first order) of the exact value; 1e-9 on top is a wide safety factor."""
+    return 1e-9 + 4.0 * d * torch.finfo(torch.float64).eps
+
+
+def _ordered_row_sums(products: torch.Tensor) -> torch.Tensor:
+    """[P, D] -> [P]: each row summed left to right, one float64 addition at a time."""
+    columns = products.T.contiguous()
+    total = torch.zeros(products.shape[0], dtype=torch.float64, device=products.device)
+    for column in columns:
+        total += column
+    return total
+
+
 def unit_rows(embeddings: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit length in float64: x / max(|x|, 1e-12)."""
+    """float64 rows u_i = x_i / max(|x_i|, 1e-12), with |x_i| the ordered norm (squares
+    rounded one by one, summed in index order, then sqrt): the rows of the ordered cosine."""
     x = embeddings.to(torch.float64)
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    norms = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    chunk = _chunk_rows(x.shape[1])
+    for start in range(0, x.shape[0], chunk):
+        rows = x[start : start + chunk]
+        norms[start : start + rows.shape[0]] = _ordered_row_sums(rows * rows).sqrt()
+    return x / norms.clamp_min(1e-12)[:, None]
 
 
-def greedy_unique_loop(embeddings: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The plain greedy loop of Stage 1: for each kept i in order, drop every later kept j
-    with cosine(i, j) > threshold (cosines in float64). O(N^2 D); the test oracle."""
-    unit = unit_rows(embeddings)
-    kept = torch.ones(unit.shape[0], dtype=torch.bool, device=embeddings.device)
-    for i in range(unit.shape[0]):
-        if kept[i]:
-            later = unit[i + 1 :] @ unit[i]
-            kept[i + 1 :] &= later <= threshold
-    return kept
+def ordered_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[P, D] x [P, D] float64 -> [P]: a_p . b_p with each product rounded on its own and
+    the products summed in index order (the ordered cosine, given unit_rows)."""
+    out = torch.empty(a.shape[0], dtype=torch.float64, device=a.device)
+    chunk = _chunk_rows(a.shape[1])
+    for start in range(0, a.shape[0], chunk):
+        out[start : start + chunk] = _ordered_row_sums(a[start : start + chunk] * b[start : start + chunk])
+    return out
+
+
+def greedy_cosines(rows: torch.Tensor, columns: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[R, C] cosines of unit rows (from `unit_rows`) as greedy_unique compares them with
+    `threshold`: a float64 matrix product, with every entry within `greedy_margin` of the
+    threshold replaced by the ordered cosine. So `greedy_cosines(...) > threshold` is the
+    ordered cosine's verdict for every pair, and the values are the cosines to within
+    float64 rounding."""
+    cosines = rows @ columns.T
+    near_rows, near_columns = ((cosines - threshold).abs() <= greedy_margin(rows.shape[1])).nonzero(as_tuple=True)
+    chunk = _chunk_rows(rows.shape[1])
+    for start in range(0, near_rows.numel(), chunk):  # pairs gathered a chunk at a time
+        r, c = near_rows[start : start + chunk], near_columns[start : start + chunk]
+        cosines[r, c] = ordered_dot(rows[r], columns[c])
+    return cosines
 
 
 def greedy_unique_reference(embeddings: torch.Tensor, threshold: float, block: int = GREEDY_BLOCK) -> torch.Tensor:
-    """The same kept set as `greedy_unique_loop`, decided a block of rows at a time:
-    a row is dropped when a kept row of an earlier block exceeds the threshold, or a kept
-    earlier row of its own block does. Memory O(block x N), never N x N."""
+    """The Stage-1 greedy rule, the definition of `greedy_unique`: rows in order, row j kept
+    unless a kept earlier row i has ordered cosine(i, j) > threshold. Decided a block of rows
+    at a time: a row is dropped when a kept row of an earlier block exceeds the threshold, or
+    a kept earlier row of its own block does. Memory O(block x N), never N x N."""
     unit = unit_rows(embeddings)
     n = unit.shape[0]
     kept = torch.zeros(n, dtype=torch.bool, device=embeddings.device)
@@ -105,8 +184,8 @@ def greedy_unique_reference(embeddings: torch.Tensor, threshold: float, block: i
         dropped = torch.zeros(rows.shape[0], dtype=torch.bool, device=unit.device)
         for chunk in range(0, kept_count, 4 * block):
             earlier = kept_rows[chunk : min(kept_count, chunk + 4 * block)]
-            dropped |= ((rows @ earlier.T) > threshold).any(dim=1)
-        within = torch.tril((rows @ rows.T) > threshold, diagonal=-1)
+            dropped |= (greedy_cosines(rows, earlier, threshold) > threshold).any(dim=1)
+        within = torch.tril(greedy_cosines(rows, rows, threshold) > threshold, diagonal=-1)
         # Only rows with an over-threshold earlier row of their own block need the
         # sequential rule; they are visited in order, so every earlier decision is final.
         decided = dropped.tolist()

@@ -27,6 +27,14 @@
 // <= threshold is settled by the screen. Any other pair is settled by the
 // bound when it is decisive, else by the same test on 16-bit copies (bound
 // ~1e-3), else by the float64 cosine of the original rows.
+//
+// That float64 cosine is the *ordered cosine* of synfiqa/ops/reference.py, the pure-torch
+// twin's: norms and dot products with every product rounded on its own (no fused
+// multiply-add) and summed left to right in index order. With -march=native GCC fuses
+// `sum += a * b` into an FMA where the CPU has one (in some loops only in their scalar
+// remainder), which made a cosine at the threshold depend on the machine and disagree with
+// the twin (measured: ~1 pair in 20 within a few ulp of it, at D = 3); rounded_product()
+// forbids it, so the twin agrees bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -61,7 +69,19 @@ constexpr int32_t kGroupLimit = 258;
 // |32-bit lane| <= 127 * (sum |signed components|) must stay below INT32_MAX.
 constexpr int64_t kTotalLimit = INT32_MAX / 127;
 constexpr float kScreenSlack = 1e-5f;   // covers float rounding in the screening test
-constexpr double kBoundSlack = 1e-12;   // covers float64 rounding in the bound itself
+// Covers float64 rounding in the bound itself; the slack of a pair is this plus 4 D 2^-53,
+// more than the ordered cosine's own rounding (< D 2^-53 from the exact value), so a pair
+// the bounds settle is one that the ordered cosine puts on the same side, for any D.
+constexpr double kBoundSlack = 1e-12;
+
+// a * b rounded to float64 on its own. Read back through a volatile, the product cannot be
+// fused with the addition it feeds (C++ lets a compiler contract `s + a * b` into one FMA,
+// rounded once, and GCC does so by default): the ordered cosine must round every product.
+// Only the norms (once per row) and the rare pairs the bounds cannot settle pay for it.
+inline double rounded_product(double a, double b) {
+  volatile double product = a * b;
+  return product;
+}
 
 struct Candidate {
   int32_t row;     // row within the block
@@ -298,7 +318,8 @@ template <typename scalar_t>
 class GreedyUnique {
  public:
   GreedyUnique(const scalar_t* x, int64_t n, int64_t d, double threshold)
-      : x_(x), n_(n), d_(d), threshold_(threshold) {
+      : x_(x), n_(n), d_(d), threshold_(threshold),
+        bound_slack_(kBoundSlack + 4.0 * static_cast<double>(d) * std::ldexp(1.0, -53)) {
     q_.width8 = (d + kStep - 1) / kStep * kStep;
     q_.width16 = (d + 1) / 2 * 2;
     // |16-bit dot| <= width16 * Q^2 (every partial sum too) must fit in int32.
@@ -308,7 +329,10 @@ class GreedyUnique {
     at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         double square = 0.0;
-        for (int64_t k = 0; k < d; ++k) square += static_cast<double>(x[i * d + k]) * x[i * d + k];
+        for (int64_t k = 0; k < d; ++k) {
+          const double value = static_cast<double>(x[i * d + k]);
+          square += rounded_product(value, value);
+        }
         norms_[i] = std::sqrt(square);
       }
     });
@@ -449,12 +473,14 @@ class GreedyUnique {
     store.append(q_.signed_row(i), q_.signed_inverse[i], q_.signed_error[i], q_.offset_sum[i], i);
   }
 
+  // The ordered cosine (see the top of this file and synfiqa/ops/reference.py).
   double exact_cosine(int64_t i, int64_t j) const {
     const scalar_t* a = x_ + i * d_;
     const scalar_t* b = x_ + j * d_;
     const double norm_i = std::max(norms_[i], 1e-12), norm_j = std::max(norms_[j], 1e-12);
     double total = 0.0;
-    for (int64_t k = 0; k < d_; ++k) total += (static_cast<double>(a[k]) / norm_i) * (static_cast<double>(b[k]) / norm_j);
+    for (int64_t k = 0; k < d_; ++k)
+      total += rounded_product(static_cast<double>(a[k]) / norm_i, static_cast<double>(b[k]) / norm_j);
     return total;
   }
 
@@ -464,13 +490,13 @@ class GreedyUnique {
   bool exceeds(int32_t dot, int64_t i, int64_t j) const {
     const double error_i = q_.unsigned_error_exact[i], error_j = q_.signed_error_exact[j];
     const double estimate = static_cast<double>(dot) * q_.unsigned_inverse_exact[i] * q_.signed_inverse_exact[j];
-    const double bound = error_i + error_j + 3.0 * error_i * error_j + kBoundSlack;
+    const double bound = error_i + error_j + 3.0 * error_i * error_j + bound_slack_;
     if (estimate - bound > threshold_) return true;
     if (estimate + bound <= threshold_) return false;
     const double fine_i = q_.fine_error[i], fine_j = q_.fine_error[j];
     const double fine_estimate = static_cast<double>(fine_dot(q_.fine_row(i), q_.fine_row(j), q_.width16)) *
                                  q_.fine_inverse[i] * q_.fine_inverse[j];
-    const double fine_bound = fine_i + fine_j + 3.0 * fine_i * fine_j + kBoundSlack;
+    const double fine_bound = fine_i + fine_j + 3.0 * fine_i * fine_j + bound_slack_;
     if (fine_estimate - fine_bound > threshold_) return true;
     if (fine_estimate + fine_bound <= threshold_) return false;
     return exact_cosine(i, j) > threshold_;
@@ -576,6 +602,7 @@ class GreedyUnique {
   const scalar_t* x_;
   int64_t n_, d_;
   double threshold_;
+  double bound_slack_;
   double fine_max_ = 0.0;
   std::vector<double> norms_;
   QuantisedRows q_;
