@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from synfiqa.align import ARCFACE_TEMPLATE_112
 from synfiqa.config import load_config
 from synfiqa.context import RunContext
-from synfiqa.filtering import FaceSubject, build_filters, run_filters
+from synfiqa.filtering import FaceSubject
+from synfiqa.stages.s2_filter import build_filters, run_filters
 from synfiqa.generation import Identity, SourceImage
 
 GLASSES = Path(__file__).parent / "data" / "glasses" / "grace_hopper.jpg"
@@ -52,15 +53,119 @@ def test_uniqueness_keeps_exactly_one_photo_of_each_person(faces_dir, context):
 
 
 def test_greedy_rule_compares_only_with_identities_still_kept():
-    from synfiqa_plugins.filters.uniqueness import greedy_unique, greedy_unique_reference
+    from synfiqa.ops import greedy_unique
 
     # A~B and B~C but not A~C: B goes (because of A), so C survives
     angle = math.radians(50)
     embeddings = torch.tensor([[1.0, 0.0], [math.cos(angle), math.sin(angle)],
                                [math.cos(2 * angle), math.sin(2 * angle)], [1.0, 0.01]])
-    assert greedy_unique_reference(embeddings, 0.5).tolist() == [True, False, True, False]
-    assert greedy_unique_reference(embeddings, 0.99).tolist() == [True, True, True, False]
-    assert greedy_unique(embeddings * 3.0, 0.5).tolist() == [True, False, True, False]   # scale-free
+    for impl in ("native", "reference"):
+        assert greedy_unique(embeddings, 0.5, impl=impl).tolist() == [True, False, True, False]
+        assert greedy_unique(embeddings, 0.99, impl=impl).tolist() == [True, True, True, False]
+        assert greedy_unique(embeddings * 3.0, 0.5, impl=impl).tolist() == [True, False, True, False]  # scale-free
+
+
+class FixedEmbedder:
+    """An embedder whose embeddings are given: row i for the i-th crop it is asked about."""
+
+    def __init__(self, embeddings):
+        self.embeddings = embeddings
+
+    def embed(self, crops):
+        assert crops.shape[0] == self.embeddings.shape[0]
+        return self.embeddings
+
+
+class FixedContext:
+    def __init__(self, model):
+        self._model = model
+
+    def model_name(self, kind):
+        return "fixed"
+
+    def model(self, kind):
+        return self._model
+
+
+def float32_pairs_at_the_threshold(threshold, d=512, pairs=48, seed=0):
+    """float32 embeddings (as an embedder gives them) in pairs (a, b), each pair in its own
+    random plane (pairs ~0.04 apart), whose float64 cosine lies within 4 float32 ulp of the
+    threshold, above or below it. Returns the rows and each pair's cosine as the op judges it."""
+    from synfiqa.ops.reference import ordered_dot, unit_rows
+
+    generator = torch.Generator().manual_seed(seed)
+    ulp = 2.0 ** (math.floor(math.log2(threshold)) - 23)  # float32 spacing at the threshold
+    chosen = []
+    while len(chosen) < pairs:
+        basis, _ = torch.linalg.qr(torch.randn(d, 2, generator=generator, dtype=torch.float64))
+        offset = float(torch.randint(-4, 5, (1,), generator=generator)) * ulp
+        cosine = threshold + offset
+        a = basis[:, 0].float()
+        b = (cosine * basis[:, 0] + math.sqrt(1.0 - cosine * cosine) * basis[:, 1]).float()
+        unit = unit_rows(torch.stack([a, b]))
+        judged = float(ordered_dot(unit[:1], unit[1:]))
+        if 0 < abs(judged - threshold) <= 4 * ulp:
+            chosen.append((a, b, judged))
+    rows = torch.stack([row for a, b, _ in chosen for row in (a, b)])
+    return rows, torch.tensor([judged for _, _, judged in chosen], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("impl", ["auto", "native", "reference"])
+def test_uniqueness_filter_agrees_with_the_op_for_cosines_a_few_ulp_from_the_threshold(impl):
+    # The filter used to keep its own float32 twin (float32 cosines of float32-normalised
+    # rows), and handed the op float32-normalised rows: within a few float32 ulp of the
+    # threshold it and the op (float64) disagreed. Now the filter's kept set is the op's, on
+    # the embeddings as given, whichever backend runs, and each reported cosine is on the
+    # side of the threshold its decision says.
+    from synfiqa.ops import greedy_unique
+    from synfiqa_plugins.filters.uniqueness import UniquenessFilter
+
+    threshold = 0.3
+    rows, judged = float32_pairs_at_the_threshold(threshold)
+    expected = greedy_unique(rows, threshold, impl="native")
+    assert torch.equal(greedy_unique(rows, threshold, impl="reference"), expected)  # the twin, bit for bit
+    assert bool(expected[0::2].all()) and expected[1::2].tolist() == (judged <= threshold).tolist()
+    assert 0 < int((judged > threshold).sum()) < len(judged)  # both sides of the threshold
+    # The data discriminates: float32 arithmetic (the old filter's) judges some pairs otherwise.
+    unit32 = torch.nn.functional.normalize(rows, dim=1)
+    float32_cosines = (unit32[0::2] * unit32[1::2]).sum(dim=1)
+    assert int(((float32_cosines > threshold) != (judged > threshold)).sum()) > 0
+
+    subjects = [FaceSubject(f"person_{i}", landmarks=np.zeros((5, 2)), crop=np.zeros((112, 112, 3), np.uint8))
+                for i in range(rows.shape[0])]
+    decisions = UniquenessFilter(threshold=threshold, impl=impl).judge(subjects, FixedContext(FixedEmbedder(rows)))
+    assert [d.keep for d in decisions] == expected.tolist()
+    for i in range(1, rows.shape[0], 2):
+        decision = decisions[i]
+        assert (decision.value > threshold) == (not decision.keep)
+        if not decision.keep:
+            assert decision.value == pytest.approx(float(judged[i // 2]), abs=1e-12)
+            assert f"same identity as person_{i - 1}" in decision.reason
+
+
+def test_uniqueness_report_is_blocked_and_matches_the_full_matrix(monkeypatch):
+    # The reported cosines are computed a block of rows at a time (never N x N).
+    from synfiqa.ops import greedy_unique
+    from synfiqa_plugins.filters import uniqueness
+
+    generator = torch.Generator().manual_seed(3)
+    centres = torch.randn(12, 16, generator=generator)
+    rows = centres[torch.randint(0, 12, (300,), generator=generator)] + 0.8 * torch.randn(300, 16, generator=generator)
+    kept = greedy_unique(rows, 0.3)
+    closest, values = uniqueness.closest_kept_earlier(rows, kept, 0.3)
+    monkeypatch.setattr(uniqueness, "REPORT_BLOCK", 7)
+    closest_7, values_7 = uniqueness.closest_kept_earlier(rows, kept, 0.3)
+    assert torch.equal(closest_7, closest) and torch.equal(values_7.nan_to_num(-9.0), values.nan_to_num(-9.0))
+    unit = torch.nn.functional.normalize(rows.double(), dim=1)
+    full = unit @ unit.T
+    for j in range(300):
+        earlier = [i for i in range(j) if kept[i]]
+        if not earlier:
+            assert int(closest[j]) == -1 and math.isnan(float(values[j]))
+            continue
+        best = max(earlier, key=lambda i: float(full[j, i]))
+        assert int(closest[j]) == best and float(values[j]) == pytest.approx(float(full[j, best]), abs=1e-12)
+        assert (float(values[j]) > 0.3) == (not bool(kept[j]))
 
 
 def test_uniqueness_threshold_comes_from_the_embedders_calibration(context):
@@ -195,7 +300,7 @@ def test_filter_command_json_and_kept_list(faces_copy):
 
 
 def test_build_records_removed_identities_with_the_filters_reason(faces_copy, tmp_path):
-    from synfiqa.pipeline import build
+    from synfiqa.stages.build import build
 
     config = load_config(None, [f"generate.params.folder.path={json.dumps(str(faces_copy))}",
                                 'generate.params.folder.grouping="file"', 'filter.chain=["uniqueness"]',

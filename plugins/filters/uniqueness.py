@@ -1,10 +1,17 @@
 """Uniqueness filter: greedy identity de-duplication over face embeddings. In order, each
 kept identity removes every later kept identity whose cosine similarity to it exceeds the
 threshold. The threshold belongs to the embedder (the paper's 0.3 is AdaFace IR-18's): by
-default it is the embedder's calibrated value from registry.toml ([[identity_threshold]])."""
+default it is the embedder's calibrated value from registry.toml ([[identity_threshold]]).
+
+The kept set is synfiqa.ops.greedy_unique's, on the embeddings as the embedder gives them:
+the compiled op, or with impl="reference" (or no compiler) its pure-torch twin, which on
+the CPU agree bit for bit, even for a cosine at the threshold (float64 "ordered cosines",
+see synfiqa.ops.reference). This filter keeps no copy of the rule. The cosine it reports
+for each identity is computed the same way (synfiqa.ops.reference.greedy_cosines), so a
+reported value is over the threshold exactly when the identity was removed (with embeddings
+on a GPU, up to a cosine within ~1e-13 of the threshold: see synfiqa.ops)."""
 from __future__ import annotations
 
-import importlib
 import tomllib
 
 import numpy as np
@@ -13,6 +20,11 @@ import torch
 from synfiqa import hookimpl
 from synfiqa.errors import ConfigError
 from synfiqa.filtering import Decision, FaceSubject, not_measured
+from synfiqa.ops import greedy_unique
+from synfiqa.ops.reference import greedy_cosines, unit_rows
+
+# Rows whose reported cosines are computed at a time (memory O(REPORT_BLOCK x kept)).
+REPORT_BLOCK = 1024
 
 
 def calibrated_thresholds() -> dict[str, dict]:
@@ -22,30 +34,30 @@ def calibrated_thresholds() -> dict[str, dict]:
     return {entry["embedder"]: entry for entry in raw.get("identity_threshold", [])}
 
 
-def greedy_unique_reference(embeddings: torch.Tensor, threshold: float) -> torch.Tensor:
-    """bool kept[N]: the pure-torch twin of synfiqa.ops.greedy_unique."""
-    unit = torch.nn.functional.normalize(embeddings.to(torch.float32), dim=1)
-    similarity = unit @ unit.T
-    kept = torch.ones(len(unit), dtype=torch.bool)
-    for i in range(len(unit)):
-        if kept[i]:
-            kept[i + 1:] &= ~(similarity[i, i + 1:] > threshold)
-    return kept
-
-
-def greedy_unique(embeddings: torch.Tensor, threshold: float, impl: str = "auto") -> torch.Tensor:
-    """The compiled op when synfiqa.ops offers it, else the reference."""
-    if impl != "reference":
-        try:
-            ops = importlib.import_module("synfiqa.ops")
-        except ImportError:
-            ops = None
-        if ops is not None and hasattr(ops, "greedy_unique"):
-            unit = torch.nn.functional.normalize(embeddings.to(torch.float32), dim=1).contiguous()
-            return ops.greedy_unique(unit, threshold, impl=impl).to(torch.bool).cpu()
-        if impl == "native":
-            raise ConfigError("uniqueness filter: impl='native' but synfiqa.ops has no greedy_unique op")
-    return greedy_unique_reference(embeddings, threshold)
+def closest_kept_earlier(embeddings: torch.Tensor, kept: torch.Tensor, threshold: float):
+    """For each row: the position of the kept earlier row with the largest cosine to it, and
+    that cosine (-1 and nan when no earlier row is kept). Cosines as greedy_unique judges
+    them, so a removed row's value is > threshold and a kept row's is <= threshold. A block
+    of rows at a time against the kept rows: never N x N."""
+    unit = unit_rows(embeddings.detach().cpu())
+    kept = kept.cpu()
+    kept_positions = kept.nonzero().flatten()
+    kept_unit = unit[kept_positions]
+    closest = torch.full((unit.shape[0],), -1, dtype=torch.long)
+    values = torch.full((unit.shape[0],), float("nan"), dtype=torch.float64)
+    for start in range(0, unit.shape[0], REPORT_BLOCK):
+        stop = min(start + REPORT_BLOCK, unit.shape[0])
+        columns = int(torch.searchsorted(kept_positions, stop))  # kept rows before the block's end
+        if columns == 0:
+            continue
+        cosines = greedy_cosines(unit[start:stop], kept_unit[:columns], threshold)
+        earlier = kept_positions[:columns][None, :] < torch.arange(start, stop)[:, None]
+        cosines = cosines.masked_fill(~earlier, float("-inf"))
+        best, which = cosines.max(dim=1)
+        has = earlier.any(dim=1)
+        closest[start:stop] = torch.where(has, kept_positions[which], closest[start:stop])
+        values[start:stop] = torch.where(has, best, values[start:stop])
+    return closest, values
 
 
 class UniquenessFilter:
@@ -81,18 +93,15 @@ class UniquenessFilter:
         model = context.create("embedder", name) if self.embedder else context.model("embedder")
         threshold = self.resolve_threshold(name, model)
         crops = torch.from_numpy(np.stack([subjects[i].crop for i in measurable])).permute(0, 3, 1, 2).contiguous()
-        embeddings = model.embed(crops).to(torch.float32)
-        kept = greedy_unique(embeddings, threshold, self.impl)
-        unit = torch.nn.functional.normalize(embeddings, dim=1)
-        similarity = unit @ unit.T
+        embeddings = model.embed(crops)
+        kept = greedy_unique(embeddings, threshold, impl=self.impl).cpu()
+        closest, values = closest_kept_earlier(embeddings, kept, threshold)
         for position, index in enumerate(measurable):
-            earlier = [p for p in range(position) if kept[p]]
-            if not earlier:
+            if int(closest[position]) < 0:
                 decisions[index] = Decision(True, None, "first of its kind")
                 continue
-            closest = max(earlier, key=lambda p: float(similarity[position, p]))
-            value = float(similarity[position, closest])
-            other = subjects[measurable[closest]].identity
+            value = float(values[position])
+            other = subjects[measurable[int(closest[position])]].identity
             if kept[position]:
                 decisions[index] = Decision(True, value, f"max cosine {value:.3f} <= {threshold:g} (to {other})")
             else:
