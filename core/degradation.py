@@ -16,9 +16,29 @@ the input's shape) are checked and a PluginError names the step and its owner.
 writes anything and refuses a step that is not deterministic, whose output depends on
 the batch, that writes into its input, or that declares no severity axis (the kit in
 synfiqa.testing checks much more, but costs seconds, not milliseconds).
+
+Input checks, for built-in and third-party degradations alike (the kit in synfiqa.testing
+expects a degradation to refuse bad input with a TypeError or ValueError that names the
+argument)::
+
+    def sample_params(self, n, generator):
+        n = check_count(n)                                   # a non-negative int
+        ...
+
+    def apply(self, images, params, landmarks=None):
+        check_images(images)                                 # uint8 [N, 3, H, W]
+        n, _, height, width = images.shape
+        check_params(params, n, ("strength",))               # the keys apply reads, N rows each
+        landmarks = check_landmarks(landmarks, n, height, width)   # float64 [N, 5, 2]; the template when None
+        ...
+
+``check_range`` reads a ``[low, high]`` parameter range from the config (in ``__init__``);
+``template_landmarks`` gives the ArcFace template scaled to an image.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,13 +67,101 @@ class Degradation:
         raise NotImplementedError
 
 
+__all__ = [
+    "ChainStep", "Degradation", "DegradationChain", "check_count", "check_images", "check_landmarks", "check_params",
+    "check_range", "scalar_record", "template_landmarks",
+]
+
+
+# ---------------------------------------------------------------- input checks (public)
+
+
 def check_images(images: torch.Tensor, name: str = "images") -> None:
+    """Refuse anything but a uint8 [N, 3, H, W] tensor (N may be 0): a TypeError for the
+    wrong type or dtype, a ValueError for the wrong shape; the message names ``name``."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} must be [N, 3, H, W], got shape {tuple(images.shape)}")
     if images.dtype != torch.uint8:
         raise TypeError(f"{name} must be uint8, got {images.dtype}")
+
+
+def check_count(n) -> int:
+    """``sample_params``' n: a non-negative int (not a bool), else a ValueError."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int (the number of samples), got {n!r}")
+    return n
+
+
+def check_range(name: str, value, minimum: float = -math.inf, maximum: float = math.inf) -> tuple[float, float]:
+    """A [low, high] parameter range from the config: two finite numbers, low <= high,
+    inside [minimum, maximum]. Returns (low, high) as floats; a ValueError naming ``name``
+    otherwise."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{name} must be a range [low, high], got {value!r}")
+    try:
+        low, high = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a range of two numbers, got {value!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {value!r}")
+    if low < minimum or high > maximum:
+        raise ValueError(f"{name} must lie inside [{minimum}, {maximum}], got {value!r}")
+    return low, high
+
+
+def check_params(params, n: int, required: Sequence[str]) -> None:
+    """``apply``'s params: a dict holding every key in ``required``, each a tensor with n
+    rows (the images' count), floating ones finite. A TypeError or ValueError naming the
+    key otherwise."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of tensors (from sample_params), got {type(params).__name__}")
+    for key in required:
+        if key not in params:
+            raise ValueError(f"params is missing {key!r} (present: {sorted(params)}); "
+                             f"pass what this degradation's sample_params returned")
+        value = params[key]
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"params[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() == 0 or value.shape[0] != n:
+            raise ValueError(f"params[{key!r}] has shape {tuple(value.shape)} but images has {n} samples; "
+                             f"params and images must have the same length")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"params[{key!r}] contains NaN or infinity")
+
+
+def template_landmarks(n: int, height: int, width: int) -> torch.Tensor:
+    """The ArcFace 112 template scaled to the image: float64 [n, 5, 2] (left eye, right eye,
+    nose, left and right mouth corner, in pixels)."""
+    from synfiqa.align import ARCFACE_TEMPLATE_112
+
+    template = torch.tensor(ARCFACE_TEMPLATE_112, dtype=torch.float64)
+    template[:, 0] *= width / 112.0
+    template[:, 1] *= height / 112.0
+    return template.expand(n, 5, 2).clone()
+
+
+def check_landmarks(landmarks, n: int, height: int, width: int) -> torch.Tensor:
+    """``apply``'s landmarks: float64 [n, 5, 2] on the CPU, the given ones or, when None,
+    the template (``template_landmarks``). A TypeError or ValueError naming landmarks for
+    another shape, an integer dtype or NaN."""
+    if landmarks is None:
+        return template_landmarks(n, height, width)
+    if not isinstance(landmarks, torch.Tensor):
+        raise TypeError(f"landmarks must be a torch.Tensor [N, 5, 2] or None, got {type(landmarks).__name__}")
+    if tuple(landmarks.shape) != (n, 5, 2):
+        raise ValueError(f"landmarks must be [N, 5, 2] = [{n}, 5, 2] (left eye, right eye, nose, left and "
+                         f"right mouth corner, in pixels), got shape {tuple(landmarks.shape)}")
+    if not landmarks.is_floating_point():
+        raise TypeError(f"landmarks must be floating point (pixels), got {landmarks.dtype}")
+    landmarks = landmarks.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(landmarks).all()):
+        raise ValueError("landmarks contain NaN or infinity")
+    return landmarks
+
+
+# ---------------------------------------------------------------- the chain
 
 
 def scalar_record(params: dict[str, torch.Tensor], n: int) -> list[dict[str, float]]:

@@ -25,10 +25,23 @@ negative n) raises TypeError or ValueError.
 
 Annotator checks: the declared scope and score names, one finite score per sample,
 determinism, and that scores follow their samples when the samples are reordered.
+
+A degradation passes the bad-input checks by validating its arguments with the public
+helpers of synfiqa.degradation (``check_count``, ``check_images``, ``check_params``,
+``check_landmarks``), as the built-ins do.
+
+Outside pytest's runner, ``run_checks`` runs a mixin's checks and returns one
+``CheckResult`` per check (parametrised checks once per case)::
+
+    results = run_checks(DegradationConformance, factory=Vignette)
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
 """
 from __future__ import annotations
 
+import inspect
+import itertools
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -39,7 +52,8 @@ from synfiqa.align import ARCFACE_TEMPLATE_112
 from synfiqa.annotation import SampleTable
 from synfiqa.degradation import scalar_record
 
-__all__ = ["AnnotatorConformance", "DegradationConformance", "conformance_images", "image_changes", "spearman"]
+__all__ = ["AnnotatorConformance", "CheckResult", "DegradationConformance", "conformance_images", "image_changes",
+           "run_checks", "spearman"]
 
 
 def conformance_images(n: int, height: int = 112, width: int = 112, seed: int = 0) -> torch.Tensor:
@@ -86,6 +100,16 @@ def image_changes(original: torch.Tensor, degraded: torch.Tensor) -> dict[str, n
     }
 
 
+def _build(mixin, what: str):
+    """The component `factory(**factory_params)` builds. The factory is read from the class,
+    so a plain function is not bound as a method."""
+    factory = type(mixin).factory
+    if factory is None:
+        raise TypeError(f"{type(mixin).__name__}: set `factory` to the {what} to test, "
+                        f"or override the `{what}` fixture")
+    return factory(**type(mixin).factory_params)
+
+
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -120,10 +144,7 @@ class DegradationConformance:
 
     @pytest.fixture
     def degradation(self):
-        if self.factory is None:
-            raise TypeError(f"{type(self).__name__}: set `factory` to the degradation to test, "
-                            f"or override the `degradation` fixture")
-        return self.factory(**self.factory_params)
+        return _build(self, "degradation")
 
     # ------------------------------------------------------------ helpers
 
@@ -289,10 +310,7 @@ class AnnotatorConformance:
 
     @pytest.fixture
     def annotator(self):
-        if self.factory is None:
-            raise TypeError(f"{type(self).__name__}: set `factory` to the annotator to test, "
-                            f"or override the `annotator` fixture")
-        return self.factory(**self.factory_params)
+        return _build(self, "annotator")
 
     def make_table(self, n: int, seed: int = 0) -> SampleTable:
         """A dataset of n degraded samples: |yaw| and two severity axes with ties, and
@@ -351,3 +369,68 @@ class AnnotatorConformance:
             np.testing.assert_allclose(np.asarray(torch.as_tensor(shuffled[name]), dtype=np.float64),
                                        np.asarray(torch.as_tensor(plain[name]), dtype=np.float64)[order],
                                        rtol=1e-9, atol=1e-12, err_msg=f"{name} changed when samples were reordered")
+
+
+# ---------------------------------------------------------------- running the checks without pytest's runner
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str            # the test's name, with the parametrised case: "test_rejects_malformed_images[grey]"
+    passed: bool
+    skipped: bool = False
+    message: str = ""     # why it failed or was skipped
+
+    def __str__(self) -> str:
+        state = "passed" if self.passed else "skipped" if self.skipped else "FAILED"
+        return f"{self.check}: {state}" + (f" ({self.message})" if self.message else "")
+
+
+def _cases(function) -> list[tuple[str, dict]]:
+    """The parametrised cases of a test function: (id suffix, arguments)."""
+    axes = []
+    for mark in getattr(function, "pytestmark", []):
+        if mark.name != "parametrize":
+            continue
+        names, values = mark.args[0], list(mark.args[1])
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        ids = mark.kwargs.get("ids") or [None] * len(values)
+        options = []
+        for index, (value, case_id) in enumerate(zip(values, ids)):
+            arguments = dict(zip(names, value)) if len(names) > 1 else {names[0]: value}
+            options.append((case_id if case_id is not None else f"{names[0]}{index}", arguments))
+        axes.append(options)
+    cases = []
+    for combination in itertools.product(*axes):
+        suffix = "-".join(case_id for case_id, _ in combination)
+        cases.append((f"[{suffix}]" if suffix else "", {k: v for _, args in combination for k, v in args.items()}))
+    return cases
+
+
+def run_checks(conformance: type, **attributes) -> list[CheckResult]:
+    """Run every check of a conformance mixin (DegradationConformance, AnnotatorConformance
+    or a subclass of one) without pytest's runner, each on a freshly built component, and
+    return one CheckResult per check. ``attributes`` set class attributes first: ``factory``,
+    ``factory_params``, ``image_size``, ... A subclass whose component fixture is
+    parametrised (it reads ``request.param``) needs pytest itself."""
+    mixin = type(f"Checked{conformance.__name__}", (conformance,), attributes) if attributes else conformance
+    fixture = "degradation" if issubclass(mixin, DegradationConformance) else "annotator"
+    definition = inspect.getattr_static(mixin, fixture)
+    build = getattr(definition, "_get_wrapped_function", None)
+    results = []
+    for name in sorted(n for n in dir(mixin) if n.startswith("test_")):
+        function = getattr(mixin, name)
+        for suffix, arguments in _cases(function):
+            check = name + suffix
+            instance = mixin()
+            try:
+                component = build()(instance) if build is not None else _build(instance, fixture)
+                function(instance, **{fixture: component}, **arguments)
+            except pytest.skip.Exception as skipped:
+                results.append(CheckResult(check, False, True, str(skipped.msg)))
+            except (Exception, pytest.fail.Exception) as error:
+                message = " ".join(str(error).split()) or type(error).__name__
+                results.append(CheckResult(check, False, False, f"{type(error).__name__}: {message}"[:500]))
+            else:
+                results.append(CheckResult(check, True))
+    return results
