@@ -189,12 +189,17 @@ class Registry:
         """The `register` a ``register_model_assets`` implementation receives (see
         synfiqa.hookspecs.register_model_assets)."""
 
-        def register(name, *positional, files, license, source, summary="", package=None, hf_repo=None,
-                     cache_dirs=(), **extra):
+        def register(name, *positional, files=None, license=None, source=None, summary="", package=None,
+                     hf_repo=None, cache_dirs=(), **extra):
             what = f"model asset {name!r} from plugin {plugin!r}"
             if positional:
                 raise PluginError(f"{what}: register(name, *, files=, license=, source=, ...) takes everything "
                                   f"after the name by keyword")
+            missing = [key for key, value in (("files", files), ("license", license), ("source", source))
+                       if value is None]
+            if missing:
+                raise PluginError(f"{what}: register() needs files=, license= and source= (missing: "
+                                  f"{', '.join(missing)})")
             if extra:
                 raise PluginError(f"{what}: register() got unknown arguments {sorted(extra)}; it takes files=, "
                                   f"license=, source=, summary=, package=, hf_repo=, cache_dirs=")
