@@ -1,4 +1,4 @@
-"""Alignment to the ArcFace 112x112 five-point template (ALGORITHMS.md section 3)."""
+"""Alignment to the ArcFace 112x112 five-point template (docs/method.md#3-alignment)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The arithmetic of the MR-FIQA score (ALGORITHMS.md section 5), free of any model."""
+"""The arithmetic of the MR-FIQA score (docs/method.md#5-annotation-the-mr-score), free of any model."""
 from __future__ import annotations
 
 import numpy as np

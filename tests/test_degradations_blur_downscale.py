@@ -1,4 +1,4 @@
-"""blur-downscale against ALGORITHMS.md section 4 and the original code: the intensity
+"""blur-downscale against docs/method.md#41-blur-downscale and the original code: the intensity
 mixture, the kernel (l1 and l2 are variances, tap noise, re-centring), and the faithful
 mode's numerics checked step by step against independent re-implementations written
 here (a direct numpy correlation with scipy's store into uint8, and Pillow's fixed-point

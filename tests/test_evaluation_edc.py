@@ -1,4 +1,4 @@
-"""EDC curves and areas (ALGORITHMS.md section 7): small cases worked out by hand, naive
+"""EDC curves and areas (docs/method.md#7-evaluation-edc-and-pauc): small cases worked out by hand, naive
 re-implementations on random data, the properties any correct EDC has, degenerate inputs."""
 from __future__ import annotations
 

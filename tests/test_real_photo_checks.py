@@ -67,7 +67,7 @@ def test_mr_falls_as_blur_and_downscale_rise_for_every_pose_of_every_identity(de
     Held per photo because a photo fixes the third axis of sd, |yaw| (measured on the clean
     crop): sd ranks it over the whole dataset and takes the minimum, so the samples of
     macron_2 (the most turned photo, |yaw| 9.8 degrees) all get sd <= 0.06 and rank below
-    those of macron_1 (3.9 degrees) at equal blur, as ALGORITHMS.md section 5 means them to.
+    those of macron_1 (3.9 degrees) at equal blur, as docs/method.md#52-sd means them to.
     Pooled over macron's two photos the correlation is -0.52: the pose, not blur or
     downscale, separates them (see the next test)."""
     groups = sorted({(r["identity"], r["source"]) for r in degraded_rows})

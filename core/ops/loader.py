@@ -106,8 +106,10 @@ def cuda_arch_list() -> str:
 
 
 def _cuda_environment() -> dict[str, str]:
-    """The settings the CUDA build needs on a machine where torch guessed wrong (see
-    DESIGN.md, Ops): CUDA_HOME pointing at the toolkit, an explicit architecture list."""
+    """The settings the CUDA build needs on a machine where torch guessed wrong: CUDA_HOME
+    pointing at the toolkit (guessed from the nvcc wrapper, torch links against a folder
+    without libcudart: "cannot find -lcudart"), and an explicit architecture list (unset, torch
+    reads it from the visible GPUs and raises IndexError when there is none)."""
     env = {"TORCH_CUDA_ARCH_LIST": cuda_arch_list()}
     if not os.environ.get("CUDA_HOME"):
         for candidate in ("/usr/local/cuda", os.environ.get("CUDA_PATH", "")):

@@ -1,5 +1,5 @@
 """mr: the MR-FIQA combination of the recognition, spatial and vision-language domains
-(ALGORITHMS.md section 5): (fr + lam * sd) / (1 - vl), min-max normalised over the dataset."""
+(docs/method.md#54-mr): (fr + lam * sd) / (1 - vl), min-max normalised over the dataset."""
 from __future__ import annotations
 
 import numpy as np

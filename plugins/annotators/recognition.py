@@ -1,4 +1,4 @@
-"""fr: the face-recognition domain of the MR score (ALGORITHMS.md section 5).
+"""fr: the face-recognition domain of the MR score (docs/method.md#51-fr).
 
 fr = cosine(E(I), mean_j E(Ref_j)). In the paper E is FaceNet, whose output is unit length,
 so the mean is a mean of unit vectors (and is not re-normalised). Embedders that return

@@ -1,5 +1,5 @@
 """sd: the spatial domain of the MR score, from the recorded degradation intensities
-(ALGORITHMS.md section 5): for every severity axis, r = (N - rank) / N with average-tie
+(docs/method.md#52-sd): for every severity axis, r = (N - rank) / N with average-tie
 ranks over ALL degraded samples of the dataset; sd = the minimum over the axes."""
 from __future__ import annotations
 

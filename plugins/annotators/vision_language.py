@@ -1,4 +1,4 @@
-"""vl: the vision-language domain of the MR score (ALGORITHMS.md section 5): BLIP ITC
+"""vl: the vision-language domain of the MR score (docs/method.md#53-vl): BLIP ITC
 similarity between each degraded sample and the reference prompt, through the configured
 vision-language model (models.vision_language; BLIP resizes to 384x384 bicubic itself)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The MR-FIQA degradation (ALGORITHMS.md section 4): a random anisotropic Gaussian blur,
+"""The MR-FIQA degradation (docs/method.md#41-blur-downscale): a random anisotropic Gaussian blur,
 then downscale by (low_scale + 1) and resize back.
 
 This module holds the sampling and a plain-torch apply; the fused compiled op replaces

@@ -1,6 +1,6 @@
 """BLIP image-text retrieval (ViT-B, retrieval-COCO) through transformers, loaded offline.
 
-The ITC similarity of ALGORITHMS.md section 5: cosine of the projected, normalised image
+The ITC similarity of docs/method.md#53-vl: cosine of the projected, normalised image
 and text CLS features, no temperature. Images: 384x384 bicubic, CLIP mean/std.
 
 Two ways in:

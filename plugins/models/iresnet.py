@@ -1,4 +1,4 @@
-"""The CR-FIQA network (ALGORITHMS.md section 6): an IResNet body with a quality head, and
+"""The CR-FIQA network (docs/method.md#6-scoring-with-cr-fiqa-networks): an IResNet body with a quality head, and
 the loader that reads which variant a checkpoint holds from its keys.
 
 Body: conv3x3(3->64) -> BN -> PReLU -> four stages of improved basic blocks (64, 128, 256,

@@ -1,4 +1,4 @@
-"""Error-versus-discard curves (EDC) and their areas, ALGORITHMS.md section 7.
+"""Error-versus-discard curves (EDC) and their areas, docs/method.md#7-evaluation-edc-and-pauc.
 
 Inputs are per pair: a similarity score (higher = more alike; the angular distance
 arccos(cos)/pi orders pairs the other way round and gives the same curves), whether the

@@ -32,7 +32,7 @@ _ATTENTION_PARTS = {"norm": "group_norm"}  # qkv and proj_out are reshaped, see 
 @dataclass(frozen=True)
 class GuidedDiffusionArch:
     """The guided-diffusion UNet hyper-parameters that decide its state_dict.
-    Defaults: DCFace's stage-1 unconditional model (ALGORITHMS.md section 1)."""
+    Defaults: DCFace's stage-1 unconditional model (docs/method.md#11-generation)."""
 
     image_size: int = 256
     in_channels: int = 3

@@ -3,7 +3,7 @@ training steps, respaced to fewer sampling steps, a learned-range (or fixed) var
 and the x0 prediction clipped to [-1, 1] before the posterior mean is formed.
 
 Every coefficient is computed in float64 from the betas, then used in float32, so the
-respaced chain is exactly the one the original sampler walks (ALGORITHMS.md section 1).
+respaced chain is exactly the one the original sampler walks (docs/method.md#11-generation).
 """
 from __future__ import annotations
 
