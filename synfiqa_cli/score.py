@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -77,15 +76,16 @@ def score_against_references(items, references, aligned, out, detector, device, 
                              registry) -> None:
     from synfiqa.context import create_on_device
     from synfiqa.stages.s7_evaluate.image_quality import CropMaker
+    from synfiqa.progress import progress as progress_bar
     from synfiqa.stages.s6_score import score_with_references
 
     # --device is run.device: the config's models (RunContext) and the detector run on it
     config = resolve_config(config_path, overrides, {"run.device": None if device == "auto" else device})
     device = config["run"]["device"]
     crop_maker = CropMaker(aligned, None if aligned else create_on_device(registry, "detector", detector, device))
-    show = progress if progress is not None else sys.stderr.isatty()
     result = score_with_references(items, references, config, registry, crop_maker,
-                                   progress=_identity_bar if show else None)
+                                   progress=lambda groups: progress_bar(groups, enabled=progress,
+                                                                        description="identities", unit="id"))
     document = scores_json(result.outcomes, REFERENCE_SCORER, "reference-based MR-FIQA")
     for row in document["scores"]:
         row["scores"] = result.domains.get(row["image"], {})
@@ -124,10 +124,6 @@ def without_score(outcomes) -> str:
     return "; without a score: " + ", ".join(f"{reason} ({count})" for reason, count in sorted(failed.items()))
 
 
-def _identity_bar(groups):
-    from tqdm import tqdm
-
-    return tqdm(groups, desc="identities", unit="id", file=sys.stderr)
 
 
 def scores_csv(outcomes) -> str:

@@ -315,7 +315,7 @@ def test_a_folder_that_cannot_be_written_is_one_clear_line(tmp_path, monkeypatch
 
 def test_face_notes_on_landmark_geometry():
     from synfiqa.models import DetectedFace
-    from synfiqa.stages.build import face_notes
+    from synfiqa.faces import face_notes
 
     upright = np.array([[38, 51], [73, 51], [56, 71], [41, 92], [70, 92]], dtype=np.float32)
     flipped = upright.copy()

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synfiqa.align import align_face, apply_transform, upside_down
 from synfiqa.stages.s5_annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml, validate_config
@@ -26,12 +25,12 @@ from synfiqa import layout
 from synfiqa.layout import identity_folder_name, quality_key
 from synfiqa.degradation import DegradationChain
 from synfiqa.errors import BadInputError, ConfigError
+from synfiqa.faces import detect_and_align
 from synfiqa.stages.s1_generate import generate_into
 from synfiqa.stages.s2_filter import filter_for_build
 from synfiqa.images import encode_jpeg
 from synfiqa.progress import progress as progress_bar
 from synfiqa.store import RecordSet, StageFolder, write_atomic, write_error, write_group, write_text_atomic
-from synfiqa.models import pick_main_face
 from synfiqa.registry import Registry, get_registry
 
 @dataclass
@@ -41,19 +40,6 @@ class AlignedPhoto:
     landmarks: np.ndarray     # [5, 2] in crop pixels
     abs_yaw: float
     notes: tuple[str, ...] = ()   # what a person should know about the photo (manifest "notes")
-
-
-def face_notes(faces: list, face) -> tuple[str, ...]:
-    """Notes on the detection of a photo: several faces (the largest was used), and landmark
-    geometry no upright face has (eyes below the mouth: an upside-down photo without an EXIF
-    tag, or a detector error), which alignment would turn into an upside-down crop."""
-    notes = []
-    if len(faces) > 1:
-        notes.append(f"{len(faces)} faces found; the largest was used")
-    points = np.asarray(face.landmarks, dtype=np.float64)  # eyes, nose, mouth corners
-    if points[:2, 1].mean() >= points[3:, 1].mean():
-        notes.append("implausible landmarks: the eyes are not above the mouth (upside-down photo?)")
-    return tuple(notes)
 
 
 @dataclass
@@ -98,40 +84,14 @@ class Pipeline:
         aligned, skipped = [], []
         for source in identity.images:
             try:
-                image = source.load()
-                smallest = getattr(self.detector, "min_face_size", 20)
-                if min(image.shape[:2]) < smallest:
-                    raise BadInputError("image-too-small", f"{source.key}: {image.shape[1]}x{image.shape[0]} pixels "
-                                        f"cannot hold a face of the detector's minimum size ({smallest} px)")
-                faces = self.detector.detect(image)
-                face = pick_main_face(faces)
-                if face is None:
-                    raise BadInputError("no-face", f"{source.key}: no face found")
-                crop, matrix = align_face(image, face.landmarks, size)
-                notes = face_notes(faces, face)
-                if upside_down(crop):  # a photo turned 180 degrees without an EXIF tag
-                    image, faces, face, crop, matrix, notes = self._turned(image, faces, face, crop, matrix, notes)
-                landmarks = apply_transform(matrix, face.landmarks)
-                yaw = float(self.pose.estimate(torch.from_numpy(crop).permute(2, 0, 1)[None],
-                                               torch.from_numpy(landmarks)[None])[0, 0])
-                aligned.append(AlignedPhoto(source.key, crop, landmarks, abs(yaw), notes))
+                found = detect_and_align(source.load(), self.detector, size, source.key)
+                yaw = float(self.pose.estimate(torch.from_numpy(found.crop).permute(2, 0, 1)[None],
+                                               torch.from_numpy(found.landmarks)[None])[0, 0])
+                aligned.append(AlignedPhoto(source.key, found.crop, found.landmarks, abs(yaw), found.notes))
             except BadInputError as error:
                 skipped.append({"identity": identity.name, "role": "source", "source": source.key,
                                 "status": "skipped", "reason": error.reason, "detail": str(error)})
         return aligned, skipped
-
-    def _turned(self, image, faces, face, crop, matrix, notes):
-        """The photo turned 180 degrees and aligned again, when that gives an upright face;
-        otherwise the first alignment with a note saying it looks upside down."""
-        turned = np.ascontiguousarray(image[::-1, ::-1])
-        turned_faces = self.detector.detect(turned)
-        turned_face = pick_main_face(turned_faces)
-        if turned_face is not None:
-            turned_crop, turned_matrix = align_face(turned, turned_face.landmarks, self.config["run"]["image_size"])
-            if upside_down(turned_crop) is False:
-                notes = (*face_notes(turned_faces, turned_face), "upside down: turned 180 degrees before alignment")
-                return turned, turned_faces, turned_face, turned_crop, turned_matrix, notes
-        return image, faces, face, crop, matrix, (*notes, "the aligned face looks upside down")
 
     def build_identity(self, identity, out: Path) -> dict:
         run = self.config["run"]

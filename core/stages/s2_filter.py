@@ -12,17 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from synfiqa.align import align_face, apply_transform
 from synfiqa.config import component_params
 from synfiqa.errors import BadInputError
+from synfiqa.faces import detect_and_align
 from synfiqa.filtering import FaceSubject, Filter, Verdict
 from synfiqa.generation import Identity
-from synfiqa.models import pick_main_face
 from synfiqa.store import RecordSet, write_text_atomic
 
 
 def face_subject(identity: Identity, detector, size: int = 112) -> FaceSubject:
-    """The identity's first photo with a detectable face, landmarks and aligned crop."""
+    """The identity's first photo with a detectable face, landmarks and aligned crop (through
+    synfiqa.faces, as every command detects); else the reason code of each photo."""
     subject = FaceSubject(identity.name)
     problems = []
     for source in identity.images:
@@ -33,19 +33,15 @@ def face_subject(identity: Identity, detector, size: int = 112) -> FaceSubject:
             continue
         if subject.image is None:
             subject.image, subject.source = image, source.key
-        smallest = int(getattr(detector, "min_face_size", 20))
-        if min(image.shape[:2]) < smallest:
-            problems.append(f"{source.key}: too small for a face ({image.shape[1]}x{image.shape[0]})")
+        try:
+            found = detect_and_align(image, detector, size, source.key)
+        except BadInputError as error:
+            problems.append(f"{source.key}: {error.reason}")
             continue
-        face = pick_main_face(detector.detect(image))
-        if face is None:
-            problems.append(f"{source.key}: no face")
-            continue
-        crop, matrix = align_face(image, face.landmarks, size)
-        subject.image, subject.source = image, source.key
-        subject.landmarks = np.asarray(face.landmarks, dtype=np.float64)
-        subject.box = np.asarray(face.box, dtype=np.float64)
-        subject.crop, subject.crop_landmarks = crop, apply_transform(matrix, face.landmarks)
+        subject.image, subject.source = found.image, source.key
+        subject.landmarks = np.asarray(found.face.landmarks, dtype=np.float64)
+        subject.box = np.asarray(found.face.box, dtype=np.float64)
+        subject.crop, subject.crop_landmarks = found.crop, found.landmarks
         return subject
     subject.problem = "; ".join(problems) or "no photo"
     return subject

@@ -8,7 +8,6 @@ embeddings itself.
 from __future__ import annotations
 
 import inspect
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,10 +15,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform
+from synfiqa.align import ARCFACE_TEMPLATE_112
 from synfiqa.errors import BadInputError, DataFileError
 from synfiqa.images import decode_rgb, is_image_path, read_rgb
-from synfiqa.models import pick_main_face
+from synfiqa.faces import detect_and_align
+from synfiqa.progress import progress as progress_bar
 
 CROP_SIZE = 112
 GENERIC_CHECKPOINT_MODEL = "cr-fiqa"  # what a checkpoint file given instead of a model name loads with
@@ -101,15 +101,8 @@ class CropMaker:
             if image.shape[:2] != (CROP_SIZE, CROP_SIZE):
                 image = np.asarray(Image.fromarray(image).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR))
             return image, ARCFACE_TEMPLATE_112.astype(np.float64)
-        try:
-            faces = self.detector.detect(image)
-        except Exception as error:  # a detector that chokes on one odd image must not stop a whole folder
-            raise BadInputError("detection-failed", f"{item.name}: the face detector failed ({error!r})") from None
-        face = pick_main_face(faces)
-        if face is None:
-            raise BadInputError("no-face", f"{item.name}: no face found")
-        crop, matrix = align_face(image, face.landmarks, CROP_SIZE)
-        return crop, apply_transform(matrix, face.landmarks)
+        found = detect_and_align(image, self.detector, CROP_SIZE, item.name)  # the one crop path
+        return found.crop, found.landmarks
 
 
 def run_model(items: list[ImageItem], crop_maker: CropMaker, model_batch: Callable, batch_size: int = 64,
@@ -130,7 +123,7 @@ def run_model(items: list[ImageItem], crop_maker: CropMaker, model_batch: Callab
             outcomes[index].value = float(value) if np.ndim(value) == 0 else np.asarray(value, dtype=np.float32)
         pending.clear()
 
-    for index, item in enumerate(_progress(items, progress, description)):
+    for index, item in enumerate(progress_bar(items, enabled=progress, description=description, unit="img")):
         try:
             pending.append((index, crop_maker.crop(item)))
         except BadInputError as error:
@@ -139,16 +132,6 @@ def run_model(items: list[ImageItem], crop_maker: CropMaker, model_batch: Callab
             flush()
     flush()
     return outcomes
-
-
-def _progress(items, enabled: bool | None, description: str):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=description, unit="img", file=sys.stderr)
 
 
 def resolve_model(kind: str, spec: str, device: str = "auto", registry=None):

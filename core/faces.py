@@ -1,0 +1,82 @@
+"""The one path from a photo to an aligned face crop, used by every command that detects
+faces (build, filter, degrade, score, evaluate), so a photo gets the same crop and, when it has
+none, the same reason code everywhere.
+
+    photo -> (too small for the detector?) -> detect -> the main face -> align to the
+    ArcFace template -> (upside down? turn the photo and align again) -> FaceCrop
+
+Reason codes of a photo without a crop (BadInputError.reason): those of reading it
+(`missing-file`, `unreadable-image`, `corrupt-image`, `image-too-large`, `too-small`), then
+`image-too-small` (smaller than the detector's minimum face), `detection-failed` (the
+detector raised) and `no-face`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from synfiqa.align import align_face, apply_transform, upside_down
+from synfiqa.errors import BadInputError
+from synfiqa.models import DetectedFace, pick_main_face
+
+DEFAULT_MIN_FACE_SIZE = 20  # pixels; a detector says its own with a `min_face_size` attribute
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    crop: np.ndarray             # size x size x 3 uint8, ArcFace-aligned
+    landmarks: np.ndarray        # [5, 2] in crop pixels
+    image: np.ndarray            # the photo the crop was cut from (turned upright when it was not)
+    face: DetectedFace           # the main face, in `image` pixels
+    notes: tuple[str, ...] = ()  # what a person should know (several faces, turned, implausible landmarks)
+
+
+def min_face_size(detector) -> int:
+    """The smallest face the detector finds: the one minimum-size rule of every command."""
+    return int(getattr(detector, "min_face_size", DEFAULT_MIN_FACE_SIZE))
+
+
+def face_notes(faces: list, face) -> tuple[str, ...]:
+    """Notes on the detection of a photo: several faces (the largest was used), and landmark
+    geometry no upright face has (eyes below the mouth)."""
+    notes = []
+    if len(faces) > 1:
+        notes.append(f"{len(faces)} faces found; the largest was used")
+    points = np.asarray(face.landmarks, dtype=np.float64)  # eyes, nose, mouth corners
+    if points[:2, 1].mean() >= points[3:, 1].mean():
+        notes.append("implausible landmarks: the eyes are not above the mouth (upside-down photo?)")
+    return tuple(notes)
+
+
+def detect_and_align(image: np.ndarray, detector, size: int = 112, name: str = "image") -> FaceCrop:
+    """The main face of `image`, aligned; BadInputError with a reason code when there is none."""
+    smallest = min_face_size(detector)
+    if min(image.shape[:2]) < smallest:
+        raise BadInputError("image-too-small", f"{name}: {image.shape[1]}x{image.shape[0]} pixels cannot hold a "
+                            f"face of the detector's minimum size ({smallest} px)")
+    faces = _detect(detector, image, name)
+    face = pick_main_face(faces)
+    if face is None:
+        raise BadInputError("no-face", f"{name}: no face found")
+    crop, matrix = align_face(image, face.landmarks, size)
+    notes = face_notes(faces, face)
+    if upside_down(crop):  # a photo turned 180 degrees without an EXIF tag
+        turned = np.ascontiguousarray(image[::-1, ::-1])
+        turned_faces = _detect(detector, turned, name)
+        turned_face = pick_main_face(turned_faces)
+        if turned_face is not None:
+            turned_crop, turned_matrix = align_face(turned, turned_face.landmarks, size)
+            if upside_down(turned_crop) is False:
+                notes = (*face_notes(turned_faces, turned_face), "upside down: turned 180 degrees before alignment")
+                return FaceCrop(turned_crop, apply_transform(turned_matrix, turned_face.landmarks), turned,
+                                turned_face, notes)
+        notes = (*notes, "the aligned face looks upside down")
+    return FaceCrop(crop, apply_transform(matrix, face.landmarks), image, face, notes)
+
+
+def _detect(detector, image: np.ndarray, name: str) -> list:
+    try:
+        return detector.detect(image)
+    except Exception as error:  # a detector that chokes on one odd image must not stop a whole folder
+        raise BadInputError("detection-failed", f"{name}: the face detector failed ({error!r})") from None
