@@ -283,6 +283,28 @@ def test_asset_files_forms(isolated):
         registry.asset("mapp")
 
 
+def test_a_lookup_while_registering_is_refused_not_recursive(tmp_path, monkeypatch):
+    """A registration hook that asks for an asset (or a component) while the process-wide
+    registry is being built gets a PluginError, not an endless recursion: its plugin is
+    skipped and named."""
+    from synfiqa.registry import get_registry
+
+    write_distribution(tmp_path, "eager-dist", "eager_plugin", """
+        from synfiqa import hookimpl
+
+        @hookimpl
+        def register_model_assets(register):
+            from synfiqa.weights import locate
+            locate("sface")
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("SYNFIQA_DISABLE_PLUGINS")
+    with pytest.warns(PluginWarning, match="eager_plugin.*while its registration hook ran"):
+        registry = get_registry(refresh=True)
+    assert [f.distribution for f in registry.manager.failed] == ["eager-dist"]
+    assert get_registry() is registry
+
+
 # ------------------------------------------------------------ protocols
 
 
