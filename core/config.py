@@ -1,10 +1,18 @@
-"""One TOML pipeline config: the shipped default, a user file on top, then `--set` overrides.
+"""The typed pipeline config.
 
-Keys outside `params` tables must exist in the default config (a typo is an error
-with a suggestion); values keep the default's type. The config is then checked as a
-whole (`validate_config`): ranges, lists, the device, and, given the registry, every
-component name and parameter. Every problem found is reported in one ConfigError, so a
-user fixes them all in one go, before anything is written.
+`SCHEMA` below declares every section and key once: its type, default, allowed values and a
+one-line help. The shipped default_config.toml holds the same defaults for people to read (a
+test keeps the two equal). A config is the defaults, then a user's TOML file, then `--set
+KEY=VALUE` overrides (TOML text, from users), then typed `values` (Python values, from code
+such as the CLI's options: no text round trip). It is then validated once, as a whole: every
+key against its schema entry (type, range, choices), the cross-key rules (the crop size and
+the annotate chain), and, given the registry, every component name and parameter. Every
+problem found is in one ConfigError, so a user fixes them all in one go, before anything is
+written. The result is a plain nested dict: what `fingerprint` hashes and a build records.
+
+The `params` tables (`generate.params`, `models.params`, ...) are free-form: one table of
+parameters per component, checked against that component (with the registry) and otherwise
+only for being plain TOML values.
 """
 from __future__ import annotations
 
@@ -15,14 +23,13 @@ import inspect
 import json
 import re
 import tomllib
-from importlib import resources
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
 
 from synfiqa.errors import ConfigError, PluginError
-
-FREE_FORM_TABLES = {"params"}  # component parameters: checked by the component itself
 
 # run.device and every component's `device` parameter. MPS and other torch devices are not
 # offered: synfiqa's compiled ops and its models are built and tested for CPU and CUDA only.
@@ -46,16 +53,187 @@ CROP_ANNOTATORS = ("fr", "vl")  # the built-in identity-scope annotators, known 
 JPEG_QUALITY_RANGE = (1, 100)
 LOW_JPEG_QUALITY = 75
 
-CHAIN_KEYS = (("degrade", "chain", "degradation"), ("filter", "chain", "filter"),
-              ("annotate", "chain", "annotator"), ("annotate", "optional", "annotator"))
-MODEL_KEYS = {"detector": "detector", "embedder": "embedder", "pose": "pose",
-              "vision_language": "vision-language"}
-_PARAMS_KIND = {"generate": "generator", "filter": "filter", "degrade": "degradation", "annotate": "annotator"}
+
+def device_problem(device) -> str | None:
+    """None when `device` is a device form synfiqa runs on and this machine has it; else why not
+    (to follow the key or option it came from)."""
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        return f"must be one of {DEVICE_FORMS}; got {device!r}"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return (f"is {device!r} but no CUDA device is visible (torch.cuda.is_available() is False); "
+                    f"use \"cpu\" or \"auto\"")
+        if ":" in device:
+            count = torch.cuda.device_count()
+            if int(device.split(":")[1]) >= count:
+                return f"is {device!r} but only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})"
+    return None
+
+
+# ---------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key. `type` is int, float, bool, str, list (a list of names) or dict (a
+    free-form `params` table: one table of parameters per component). `low`/`high` bound an
+    int; `choices` says in words what a str may be and `check` (value -> why not, or None)
+    decides it, its type included; `kind` is the component kind a str or list names
+    (checked with the registry) or whose parameters a params table holds."""
+
+    name: str  # dotted: "run.seed"
+    type: type
+    default: object
+    help: str
+    low: int | None = None
+    high: int | None = None
+    choices: str = ""
+    check: Callable[[object], str | None] | None = None
+    kind: str = ""
+
+    @property
+    def section(self) -> str:
+        return self.name.split(".")[0]
+
+    @property
+    def leaf(self) -> str:
+        return self.name.split(".")[1]
+
+    @property
+    def free(self) -> bool:
+        return self.type is dict
+
+    @property
+    def type_name(self) -> str:
+        return {list: "list[str]", dict: "table"}.get(self.type, self.type.__name__)
+
+    @property
+    def allowed(self) -> str:
+        """The allowed values in words (`synfiqa config show --schema`)."""
+        if self.low is not None and self.high is not None:
+            return f"{self.low}..{self.high}"
+        if self.low is not None:
+            return f">= {self.low}"
+        if self.high is not None:
+            return f"<= {self.high}"
+        if self.choices:
+            return self.choices
+        if self.free:
+            return f"{{<{self.kind} name> = {{<parameter> = <value>}}}}"
+        if self.type is list:
+            return f"{self.kind} names, each once"
+        if self.kind:
+            return f"a registered {self.kind} name"
+        return ""
+
+    @property
+    def expected(self) -> str:
+        """What a value must be, for messages: '{name} must be {expected}; got ...'."""
+        if self.type is int:
+            bounds = (f" from {self.low} to {self.high}" if self.low is not None and self.high is not None else
+                      f" >= {self.low}" if self.low is not None else f" <= {self.high}" if self.high is not None else "")
+            return f"an integer{bounds} ({self.help})"
+        if self.free:
+            return "a table of component tables"
+        if self.type is list:
+            return f"a list of {self.kind} names (strings)"
+        if self.kind:
+            return f"a registered {self.kind} name"
+        return f"a {self.type.__name__}"
+
+    def problems(self, value) -> list[str]:
+        """This key's own problems with `value` (the cross-key rules are separate)."""
+        if self.free:
+            return _params_problems(self.name, value)
+        if self.check is not None:  # it decides the type too
+            problem = self.check(value)
+            return [f"{self.name} {problem}"] if problem else []
+        if not _has_type(self.type, value) or (self.type is list and not all(isinstance(v, str) for v in value)) \
+                or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            return [f"{self.name} must be {self.expected}; got {value!r}"]
+        if self.type is list:
+            twice = sorted({name for name in value if value.count(name) > 1})
+            if twice:
+                return [f"{self.name} names {', '.join(repr(n) for n in twice)} more than once; "
+                        f"each {self.kind} may appear once"]
+        return []
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("run.seed", int, 0, "the run seed; every random draw of a run derives from it", low=0),
+    Key("run.references", int, 10, "references per identity, at most as many as it has photos", low=1),
+    Key("run.degraded", int, 20, "degraded samples per identity; the paper uses 100", low=1),
+    Key("run.batch_size", int, 64, "crops per batch", low=1),
+    Key("run.device", str, "auto", "what every model runs on; a models.params table may set its own",
+        choices="auto | cpu | cuda | cuda:N", check=device_problem),
+    Key("run.image_size", int, CROP_SIZE, f"the side of the aligned crops; {CROP_SIZE} while annotate.chain "
+        "holds an identity-scope annotator (fr, vl)", low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE),
+    Key("run.jpeg_quality", int, 95, f"the libjpeg quality every image is stored at; below {LOW_JPEG_QUALITY} "
+        "warns", low=JPEG_QUALITY_RANGE[0], high=JPEG_QUALITY_RANGE[1]),
+    Key("generate.generator", str, "folder", "the generator of the identities", kind="generator"),
+    Key("generate.params", dict, {"folder": {"path": "", "grouping": "auto"}},
+        "each generator's parameters; folder.path empty: the embedded demo photos", kind="generator"),
+    Key("filter.chain", list, [], "identity filters, in order; the paper's stage 1 is yaw, glasses, "
+        "expression, uniqueness", kind="filter"),
+    Key("filter.params", dict, {}, "each filter's parameters", kind="filter"),
+    Key("models.detector", str, "mtcnn", "the face detector", kind="detector"),
+    Key("models.embedder", str, "sface", "the face embedder", kind="embedder"),
+    Key("models.pose", str, "dlib68-pnp", "the head-pose model", kind="pose"),
+    Key("models.vision_language", str, "blip-itc", "the vision-language model", kind="vision-language"),
+    Key("models.params", dict, {}, "each model's parameters", kind="model"),
+    Key("degrade.chain", list, ["blur-downscale"], "degradations applied in order to every degraded sample",
+        kind="degradation"),
+    Key("degrade.params", dict, {}, "each degradation's parameters", kind="degradation"),
+    Key("annotate.chain", list, ["fr", "sd", "vl", "mr"], "the annotators, in order", kind="annotator"),
+    Key("annotate.optional", list, ["vl"], "annotators allowed to be unavailable (missing weights); the "
+        "scores are then marked partial", kind="annotator"),
+    Key("annotate.params", dict, {"mr": {"lam": 0.5}}, "each annotator's parameters", kind="annotator"),
+)
+KEYS: dict[str, Key] = {key.name: key for key in SCHEMA}
+SECTIONS: dict[str, dict[str, Key]] = {}
+for _key in SCHEMA:
+    SECTIONS.setdefault(_key.section, {})[_key.leaf] = _key
+del _key
+MODEL_KINDS = tuple(key.kind for key in SECTIONS["models"].values() if key.type is str)
 
 
 def default_config() -> dict:
-    text = resources.files("synfiqa").joinpath("default_config.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    """The schema's defaults, as a config (in the schema's order, which is the shipped TOML's)."""
+    return {section: {leaf: copy.deepcopy(key.default) for leaf, key in keys.items()}
+            for section, keys in SECTIONS.items()}
+
+
+def schema_rows() -> list[dict]:
+    """Every key with its type, default (as TOML), allowed values and help."""
+    return [{"key": key.name, "type": key.type_name, "default": _inline_toml(key.default),
+             "allowed": key.allowed, "help": key.help} for key in SCHEMA]
+
+
+def schema_text() -> str:
+    """The schema for people (`synfiqa config show --schema`): per key, `name = default`, then
+    its type and allowed values, then its help."""
+    blocks = []
+    for row in schema_rows():
+        allowed = f"   allowed: {row['allowed']}" if row["allowed"] else ""
+        blocks.append(f"{row['key']} = {row['default']}\n    type: {row['type']}{allowed}\n    {row['help']}\n")
+    return "\n".join(blocks)
+
+
+def _inline_toml(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_inline_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline_toml(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+# ---------------------------------------------------------------- building a config
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -81,27 +259,49 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                registry=None) -> dict:
-    """Defaults, then the file at `path`, then each `section.key=value` override; then the
-    whole config is validated (with `registry`, component names and parameters too). Every
-    problem, of the file's keys, the overrides and the values, is in the one ConfigError."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), registry=None,
+                *, values: Mapping[str, object] | None = None) -> dict:
+    """The validated config: the defaults, then the file at `path`, then each `section.key=value`
+    override (TOML text, as users type it), then `values`, {dotted key: Python value} from code
+    (a CLI option's value, already typed: checked against the key's type, never formatted as
+    text; None means "not given" and is skipped). Then the whole config is validated (with
+    `registry`, component names and parameters too). Every problem, of the file's keys, the
+    overrides, the values and the config as a whole, is in the one ConfigError."""
     config = default_config()
     problems: list[str] = []
     if path is not None:
-        merge(config, read_config_file(path), default_config(), problems=problems)
+        merge(config, read_config_file(path), problems=problems)
     for override in overrides:
         try:
             key, value = parse_override(override)
-            set_key(config, key, value)
         except ConfigError as error:
             problems.append(str(error))
+            continue
+        set_key(config, key, value, problems)
+    _set_values(config, values or {}, problems)
     problems += config_problems(config, registry)
     raise_problems(problems)
     return config
 
 
+def config_with(config: dict, values: Mapping[str, object], registry=None) -> dict:
+    """A validated copy of `config` with typed `values` set, as `load_config(values=...)` sets them."""
+    config = copy.deepcopy(config)
+    problems: list[str] = []
+    _set_values(config, values, problems)
+    problems += config_problems(config, registry)
+    raise_problems(problems)
+    return config
+
+
+def _set_values(config: dict, values: Mapping[str, object], problems: list[str]) -> None:
+    for key, value in values.items():
+        if value is not None:
+            set_key(config, key, copy.deepcopy(value), problems)
+
+
 def parse_override(text: str) -> tuple[str, object]:
+    """`section.key=value`: the value is TOML (a bare word is a string)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
@@ -113,81 +313,102 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def set_key(config: dict, dotted: str, value) -> None:
+def set_key(config: dict, dotted: str, value, problems: list[str] | None = None) -> None:
+    """Sets one dotted key to `value`, checked against the schema: a schema key's value must be
+    of its type; a section takes a table of its keys (merged, each checked); inside a params
+    table any TOML value goes (the component checks it). A bad key or value raises, or with
+    `problems`, is appended there."""
+    try:
+        _set_key(config, dotted, value, problems)
+    except ConfigError as error:
+        if problems is None:
+            raise
+        problems.append(str(error))
+
+
+def _set_key(config: dict, dotted: str, value, problems: list[str] | None) -> None:
     parts = dotted.split(".")
-    node, schema = config, default_config()
-    free = False
-    for depth, part in enumerate(parts[:-1]):
-        free = free or part in FREE_FORM_TABLES
-        if not free:
-            _check_known(part, schema, ".".join(parts[: depth + 1]))
-            schema = schema[part]
-            if not isinstance(schema, dict):
-                raise ConfigError(f"config key {'.'.join(parts[:depth + 1])!r} is a value, not a table")
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"config key {'.'.join(parts[:depth + 1])!r} is a value, not a table")
-    last = parts[-1]
-    if not free and parts[-1] not in FREE_FORM_TABLES:
-        _check_known(last, schema, dotted)
-        value = _coerce(schema[last], value, dotted)
-    node[last] = value
+    if not all(parts):
+        raise ConfigError(f"config key {dotted!r} is not a dotted key such as run.seed")
+    section = parts[0]
+    _check_known(section, SECTIONS, section)
+    if not isinstance(config.get(section), dict):
+        config[section] = {}
+    if len(parts) == 1:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {dotted!r} is a table of keys, not a value")
+        merge(config[section], value, SECTIONS[section], f"{section}.", problems)
+        return
+    key = _check_known(parts[1], SECTIONS[section], ".".join(parts[:2]))
+    if not key.free:
+        if len(parts) > 2:
+            raise ConfigError(f"config key {key.name!r} is a value, not a table")
+        if isinstance(value, dict):
+            raise ConfigError(f"config key {dotted!r} is a value, not a table")
+        config[section][key.leaf] = _coerce(key, value, dotted)
+        return
+    node = config[section]  # inside a params table: free-form
+    for depth, part in enumerate(parts[1:-1], start=2):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {'.'.join(parts[:depth])!r} is a value, not a table")
+        node = child
+    node[parts[-1]] = value
 
 
-def merge(config: dict, user: dict, schema: dict | None, prefix: str = "", problems: list[str] | None = None) -> None:
-    """Merges `user` into `config`. With `problems`, a bad key is appended there and the rest
-    is merged; without, the first bad key raises."""
-    for key, value in user.items():
-        dotted = f"{prefix}{key}"
+def merge(config: dict, user: dict, schema: dict | None = SECTIONS, prefix: str = "",
+          problems: list[str] | None = None) -> None:
+    """Merges `user` (a TOML table) into `config`, each key checked against `schema` (a table of
+    sections or of Keys; None inside a params table). With `problems`, a bad key is appended
+    there and the rest is merged; without, the first bad key raises."""
+    for name, value in user.items():
+        dotted = f"{prefix}{name}"
         try:
-            if schema is not None and key not in FREE_FORM_TABLES:
-                _check_known(key, schema, dotted)
-                expected = schema[key]
+            node = None if schema is None else _check_known(name, schema, dotted)
+            if node is None or (isinstance(node, Key) and node.free):
+                if isinstance(value, dict) and isinstance(config.get(name), dict):
+                    merge(config[name], value, None, f"{dotted}.", problems)
+                else:
+                    config[name] = value
+            elif isinstance(node, dict):  # a section
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config key {dotted!r} is a table of keys, not a value")
+                if not isinstance(config.get(name), dict):
+                    config[name] = {}
+                merge(config[name], value, node, f"{dotted}.", problems)
+            elif isinstance(value, dict):
+                raise ConfigError(f"config key {dotted!r} is a value, not a table")
             else:
-                expected = None
-            child_schema = None if (schema is None or key in FREE_FORM_TABLES) else expected
-            if isinstance(value, dict):
-                if expected is not None and not isinstance(expected, dict):
-                    raise ConfigError(f"config key {dotted!r} is a value, not a table")
-                target = config.setdefault(key, {})
-                if not isinstance(target, dict):
-                    raise ConfigError(f"config key {dotted!r} is a value, not a table")
-                merge(target, value, child_schema if isinstance(child_schema, dict) else None, f"{dotted}.",
-                      problems)
-            else:
-                config[key] = _coerce(expected, value, dotted) if expected is not None else value
+                config[name] = _coerce(node, value, dotted)
         except ConfigError as error:
             if problems is None:
                 raise
             problems.append(str(error))
 
 
-def _check_known(key: str, schema: dict, dotted: str) -> None:
+def _check_known(key: str, schema: dict, dotted: str):
     if key not in schema:
         close = difflib.get_close_matches(key, list(schema), n=2, cutoff=0.6)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"unknown config key {dotted!r}{hint}")
+    return schema[key]
 
 
-def _coerce(expected, value, dotted: str):
-    if expected is None:
-        return value
-    if isinstance(expected, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(expected, int) and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif isinstance(expected, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    elif isinstance(expected, str) and isinstance(value, str):
-        return value
-    elif isinstance(expected, list) and isinstance(value, list):
-        return value
-    elif isinstance(expected, dict) and isinstance(value, dict):
-        return value
-    raise ConfigError(
-        f"config key {dotted!r} must be a {type(expected).__name__}, got {value!r}"
-    )
+def _has_type(expected: type, value) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _coerce(key: Key, value, dotted: str):
+    """`value` as `key`'s type (an int for a float key becomes a float), or a ConfigError naming the key."""
+    if not _has_type(key.type, value):
+        raise ConfigError(f"config key {dotted!r} must be a {key.type.__name__}, got {value!r}")
+    return float(value) if key.type is float else value
 
 
 # ---------------------------------------------------------------- validation of the whole config
@@ -205,99 +426,131 @@ def raise_problems(problems: list[str]) -> None:
         raise ConfigError(f"the config has {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def device_problem(device) -> str | None:
-    """None when `device` is a device form synfiqa runs on and this machine has it; else why not
-    (to follow the key or option it came from)."""
-    if not isinstance(device, str) or not _DEVICE.match(device):
-        return f"must be one of {DEVICE_FORMS}; got {device!r}"
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            return (f"is {device!r} but no CUDA device is visible (torch.cuda.is_available() is False); "
-                    f"use \"cpu\" or \"auto\"")
-        if ":" in device:
-            count = torch.cuda.device_count()
-            if int(device.split(":")[1]) >= count:
-                return f"is {device!r} but only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})"
-    return None
+def get_key(config: dict, dotted: str, default=None):
+    """The value at a dotted key, or `default` where the config lacks it."""
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def config_problems(config: dict, registry=None) -> list[str]:
-    """Every problem of the config as a whole, one line each. Without `registry`: types,
-    ranges, lists, the device and the crop size. With it, also every component name (with the
-    registry's did-you-mean) and the parameter names of every component the config uses."""
-    problems: list[str] = []
-    run = config.get("run", {})
+    """Every problem of the config as a whole, one line each: keys the schema lacks, each key's
+    own problems (type, range, choices, lists of unique names, params tables, devices), then
+    the cross-key rules (a rule's verdict on a key replaces the key's own). With `registry`,
+    also every component name (with the registry's did-you-mean) and the parameter names of
+    every component the config uses."""
+    problems = _unknown_keys(config)
+    by_key = {key.name: key.problems(get_key(config, key.name)) for key in SCHEMA}
+    for rule in CROSS_KEY_RULES:
+        by_key.update(rule(config, registry))
+    problems += [problem for found in by_key.values() for problem in found]
+    if registry is not None:
+        problems += _registry_problems(config, registry)
+    return problems
 
-    def integer(key: str, low: int, high: int | None, what: str) -> int | None:
-        value = run.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high):
-            return value
-        allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
-        problems.append(f"run.{key} must be {allowed} ({what}); got {value!r}")
-        return None
 
-    integer("seed", 0, None, "the run seed")
-    integer("references", 1, None, "references per identity")
-    integer("degraded", 1, None, "degraded samples per identity")
-    integer("batch_size", 1, None, "crops per batch")
-    integer("jpeg_quality", *JPEG_QUALITY_RANGE, "the libjpeg quality every image is stored at")
-    problem = device_problem(run.get("device"))
-    if problem:
-        problems.append(f"run.device {problem}")
-
-    chains = {}  # (section, key) -> (kind, names), for the lists that are lists of names
-    for section, key, kind in CHAIN_KEYS:
-        value = config.get(section, {}).get(key)
-        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-            problems.append(f"{section}.{key} must be a list of {kind} names (strings); got {value!r}")
+def _unknown_keys(config: dict) -> list[str]:
+    """Keys a config made in code has and the schema does not (a file's or an override's are
+    refused when they are read)."""
+    if not isinstance(config, dict):
+        return [f"a config must be a table of sections; got {config!r}"]
+    problems = []
+    for section, table in config.items():
+        try:
+            keys = _check_known(section, SECTIONS, section)
+        except ConfigError as error:
+            problems.append(str(error))
             continue
-        twice = sorted({name for name in value if value.count(name) > 1})
-        if twice:
-            problems.append(f"{section}.{key} names {', '.join(repr(n) for n in twice)} more than once; "
-                            f"each {kind} may appear once")
-        chains[(section, key)] = (kind, value)
+        if not isinstance(table, dict):
+            problems.append(f"config key {section!r} is a table of keys, not a value; got {table!r}")
+            continue
+        for name in table:
+            try:
+                _check_known(name, keys, f"{section}.{name}")
+            except ConfigError as error:
+                problems.append(str(error))
+    return problems
 
-    annotators = chains.get(("annotate", "chain"), (None, []))[1]
+
+def _names(config: dict, key: Key) -> list[str]:
+    """The component names a name or list-of-names key holds, where it holds them well."""
+    value = get_key(config, key.name)
+    if key.type is list:
+        return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else []
+    return [value] if isinstance(value, str) else []
+
+
+def _params_problems(name: str, params) -> list[str]:
+    """A params table: one table of plain TOML values per component, any `device` a device."""
+    if not isinstance(params, dict):
+        return [f"{name} must be a table of component tables; got {params!r}"]
+    problems = []
+    for component, table in params.items():
+        if not isinstance(table, dict):
+            problems.append(f"{name}.{component} must be a table of {component}'s parameters; got {table!r}")
+            continue
+        problems += _plain_problems(f"{name}.{component}", table)
+        if "device" in table and device_problem(table["device"]):
+            problems.append(f"{name}.{component}.device {device_problem(table['device'])}")
+    return problems
+
+
+def _plain_problems(dotted: str, value) -> list[str]:
+    """A value must be what TOML and the fingerprint's JSON both hold: a string, a number, a
+    boolean, a list or a table of them (no TOML date, no Python object)."""
+    if isinstance(value, dict):
+        problems = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.append(f"{dotted} has a key {key!r} that is not a string")
+            else:
+                problems += _plain_problems(f"{dotted}.{key}", item)
+        return problems
+    if isinstance(value, list):
+        return [p for index, item in enumerate(value) for p in _plain_problems(f"{dotted}[{index}]", item)]
+    if isinstance(value, (str, bool, int, float)):
+        return []
+    return [f"{dotted} must be a string, a number, a boolean, a list or a table; got {value!r}"]
+
+
+def _image_size_rule(config: dict, registry) -> dict[str, list[str]]:
+    """run.image_size is 112 while annotate.chain holds an identity-scope annotator (the built-in
+    fr and vl, and with the registry any plugin's); else the key's own range applies."""
+    annotators = _names(config, KEYS["annotate.chain"])
     crop_annotators = [n for n in annotators if n in CROP_ANNOTATORS or
                        (registry is not None and _scope(registry, n) == "identity")]
-    size = run.get("image_size")
-    if crop_annotators:
-        if size != CROP_SIZE or isinstance(size, bool):
-            problems.append(f"run.image_size must be {CROP_SIZE} while annotate.chain holds "
-                            f"{', '.join(repr(n) for n in crop_annotators)} (annotators and embedders take "
-                            f"{CROP_SIZE}x{CROP_SIZE} ArcFace-aligned crops); got {size!r}")
-    else:
-        integer("image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, "the side of the aligned crops")
+    if not crop_annotators:
+        return {}
+    size = get_key(config, "run.image_size")
+    if size == CROP_SIZE and not isinstance(size, bool):
+        return {"run.image_size": []}
+    return {"run.image_size": [f"run.image_size must be {CROP_SIZE} while annotate.chain holds "
+                               f"{', '.join(repr(n) for n in crop_annotators)} (annotators and embedders take "
+                               f"{CROP_SIZE}x{CROP_SIZE} ArcFace-aligned crops); got {size!r}"]}
 
-    for section in ("generate", "models", "filter", "degrade", "annotate"):
-        params = config.get(section, {}).get("params", {})
-        if not isinstance(params, dict):
-            problems.append(f"{section}.params must be a table of component tables; got {params!r}")
-            continue
-        for name, table in params.items():
-            if not isinstance(table, dict):
-                problems.append(f"{section}.params.{name} must be a table of {name}'s parameters; got {table!r}")
-            elif "device" in table and device_problem(table["device"]):
-                problems.append(f"{section}.params.{name}.device {device_problem(table['device'])}")
-    if registry is not None:
-        problems += _registry_problems(config, registry, chains)
-    return problems
+
+# Rules between keys: (config, registry or None) -> {key: that key's problems}, replacing the
+# key's own verdict.
+CROSS_KEY_RULES: tuple[Callable[[dict, object], dict[str, list[str]]], ...] = (_image_size_rule,)
 
 
 def config_warnings(config: dict) -> list[str]:
     """Legal but probably unintended values, one line each (the CLI prints them; nothing stops)."""
     warnings = []
-    quality = config.get("run", {}).get("jpeg_quality")
-    if isinstance(quality, int) and JPEG_QUALITY_RANGE[0] <= quality < LOW_JPEG_QUALITY:
+    quality = get_key(config, "run.jpeg_quality")
+    if _has_type(int, quality) and JPEG_QUALITY_RANGE[0] <= quality < LOW_JPEG_QUALITY:
         warnings.append(f"run.jpeg_quality = {quality} stores every reference and degraded sample with heavy "
                         f"JPEG loss (below libjpeg's default {LOW_JPEG_QUALITY}) that no score accounts for; "
                         "the jpeg degradation is the way to degrade by compression")
     return warnings
 
 
-def _registry_problems(config: dict, registry, chains: dict) -> list[str]:
+def _registry_problems(config: dict, registry) -> list[str]:
+    """Every component name the config gives must be registered, and the parameters of every
+    component it uses must bind to that component's factory."""
     problems = []
 
     def lookup(key: str, kind: str, name):
@@ -308,27 +561,18 @@ def _registry_problems(config: dict, registry, chains: dict) -> list[str]:
             return None
 
     used: dict[tuple[str, str], object] = {}  # (section, name) -> the component whose params that table holds
-    generator = config.get("generate", {}).get("generator")
-    if not isinstance(generator, str):
-        problems.append(f"generate.generator must be a generator name; got {generator!r}")
-    else:
-        used[("generate", generator)] = lookup("generate.generator", "generator", generator)
-    for (section, key), (kind, names) in chains.items():
-        for name in names:
-            component = lookup(f"{section}.{key}", kind, name)
-            if key == "chain":
-                used[(section, name)] = component
-    for key, kind in MODEL_KEYS.items():
-        name = config.get("models", {}).get(key)
-        if not isinstance(name, str):
-            problems.append(f"models.{key} must be a {kind} model name; got {name!r}")
-            continue
-        used[("models", name)] = lookup(f"models.{key}", kind, name)
+    for key in SCHEMA:
+        if key.kind and not key.free:
+            for name in _names(config, key):
+                component = lookup(key.name, key.kind, name)
+                if key.leaf != "optional":  # an optional annotator is used only when also in the chain
+                    used[(key.section, name)] = component
 
-    for section in ("generate", "models", "filter", "degrade", "annotate"):
-        params = config.get(section, {}).get("params", {})
+    for params_key in (key for key in SCHEMA if key.free):
+        params = get_key(config, params_key.name)
         if not isinstance(params, dict):
             continue
+        section = params_key.section
         for name, table in params.items():
             if not isinstance(table, dict):
                 continue
@@ -344,10 +588,10 @@ def _registry_problems(config: dict, registry, chains: dict) -> list[str]:
             # a table for a component the config does not use: harmless, unless no such component
             # exists (a misspelt name, whose parameters would silently go unused)
             if section != "models":
-                if not _exists(registry, _PARAMS_KIND[section], name):
-                    lookup(f"{section}.params.{name}", _PARAMS_KIND[section], name)
-            elif not any(_exists(registry, kind, name) for kind in MODEL_KEYS.values()):
-                known = sorted({n for kind in MODEL_KEYS.values() for n in registry.names(kind)})
+                if not _exists(registry, params_key.kind, name):
+                    lookup(f"{section}.params.{name}", params_key.kind, name)
+            elif not any(_exists(registry, kind, name) for kind in MODEL_KINDS):
+                known = sorted({n for kind in MODEL_KINDS for n in registry.names(kind)})
                 close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
                 hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
                 problems.append(f"models.params.{name}: no model named {name!r}.{hint} Known: {', '.join(known)}.")
