@@ -69,7 +69,7 @@ def resolve_config(config_path, overrides, values: dict | None = None):
 
 @cli.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output dataset folder.")
-@click.option("--input", "input_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--input", "input_dir", type=click.Path(path_type=Path),
               help="Folder of identities for the folder generator (sets generate.params.folder.path).")
 @key_option("--seed", "run.seed")
 @key_option("--device", "run.device")
