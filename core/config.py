@@ -607,8 +607,10 @@ def _exists(registry, kind: str, name: str) -> bool:
 
 
 def _scope(registry, name: str) -> str | None:
+    from synfiqa.protocols import declared_scope
+
     try:
-        return getattr(registry.get("annotator", name).factory, "scope", None)
+        return declared_scope(registry.get("annotator", name).factory)
     except PluginError:
         return None
 

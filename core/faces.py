@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from synfiqa import protocols
 from synfiqa.align import align_face, apply_transform, upside_down
 from synfiqa.errors import BadInputError
 from synfiqa.models import DetectedFace, pick_main_face
 
-DEFAULT_MIN_FACE_SIZE = 20  # pixels; a detector says its own with a `min_face_size` attribute
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,9 @@ class FaceCrop:
 
 
 def min_face_size(detector) -> int:
-    """The smallest face the detector finds: the one minimum-size rule of every command."""
-    return int(getattr(detector, "min_face_size", DEFAULT_MIN_FACE_SIZE))
+    """The smallest face the detector finds (BaseDetector.min_face_size unless it says its own):
+    the one minimum-size rule of every command."""
+    return protocols.min_face_size(detector)
 
 
 def face_notes(faces: list, face) -> tuple[str, ...]:

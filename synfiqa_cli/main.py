@@ -198,12 +198,10 @@ def models():
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def models_list(as_json):
-    """Every model asset of the catalogue and where it was found."""
-    from synfiqa.catalogue import load_catalogue
-    from synfiqa.weights import status
+    """Every declared model asset (registry.toml's and the plugins') and where it was found."""
+    from synfiqa.weights import asset_report
 
-    _, assets = load_catalogue()
-    rows = [status(name) | {"license": assets[name].license, "summary": assets[name].summary} for name in sorted(assets)]
+    rows = asset_report()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -63,7 +63,9 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
     crop_maker = CropMaker(aligned, None if aligned else create_on_device(registry, "detector", detector, device))
     outcomes = run_model(items, crop_maker, scorer.score, batch_size, progress, "scoring")
 
-    variant = getattr(getattr(scorer, "variant", None), "describe", lambda: "")()
+    from synfiqa.protocols import model_variant
+
+    variant = model_variant(scorer)
     emit(out, outcomes, scores_json(outcomes, label, variant))
     line = f"scored {scored_summary(outcomes)} images with {label}" + (f" ({variant})" if variant else "")
     line += without_score(outcomes)

@@ -21,7 +21,7 @@ from synfiqa.stages.s5_annotate import identity_scores, load_annotators, score_d
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml, validate_config
 from synfiqa.context import RunContext
-from synfiqa import layout
+from synfiqa import layout, protocols
 from synfiqa.layout import identity_folder_name, quality_key
 from synfiqa.degradation import DegradationChain
 from synfiqa.errors import BadInputError, ConfigError
@@ -185,7 +185,7 @@ def _notes(photo: AlignedPhoto) -> dict:
 def check_input_and_output(pipeline: "Pipeline", out: Path) -> None:
     """A build reading a folder must not write into it (a second run would read the first
     run's crops as an identity), nor into a folder around it (--overwrite removes data/)."""
-    source = getattr(pipeline.generator, "path", None)
+    source = protocols.input_folder(pipeline.generator)
     if source is None:
         return
     source, target = Path(source).resolve(), Path(out).resolve()
@@ -209,7 +209,7 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     pipeline = Pipeline(config, registry)
     check_input_and_output(pipeline, out)
     pipeline.chain.probe(config["run"]["image_size"])  # a broken degradation plugin is named before anything is written
-    generative = hasattr(pipeline.generator, "generate_indices")
+    generative = protocols.is_generative(pipeline.generator)
     if not generative:  # listed before anything is written: a bad identity name writes nothing
         identities = pipeline.generator.identities(None, config["run"]["seed"])
         for identity in identities:
@@ -272,7 +272,7 @@ def _build_identities(pipeline, out, records, identities, shard, progress, echo,
         out / layout.QUALITY_SCORES: layout.format_quality_scores(quality).encode(),
         out / layout.SUMMARY: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
     }, out)
-    for line in stage_summary(config, summary, getattr(pipeline.generator, "skipped_files", []),
+    for line in stage_summary(config, summary, protocols.skipped_files(pipeline.generator),
                               summary["missing_domains"]):
         echo(line)
     echo(f"wrote {out / layout.QUALITY_SCORES} ({len(quality)} scores) and {layout.MANIFEST}")

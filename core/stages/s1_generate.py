@@ -16,6 +16,7 @@ from pathlib import Path
 
 from synfiqa.generation import Identity, SourceImage
 from synfiqa.images import encode_png
+from synfiqa.protocols import is_generative
 from synfiqa.progress import progress as progress_bar
 from synfiqa.store import StageFolder, append_rows, read_rows, write_atomic
 
@@ -40,7 +41,7 @@ def _write(generator, name: str, n: int, seed: int, out: Path, progress, echo) -
     rows = read_manifest(out)
     bar = progress_bar(total=n, enabled=progress, description="generate", unit="img")
     written = 0
-    if hasattr(generator, "generate_indices"):
+    if is_generative(generator):
         def path_of(index):
             return f"{generator.identity_name(index)}/0.png"
 

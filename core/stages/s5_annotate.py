@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synfiqa import protocols
 from synfiqa.annotation import SampleTable
 from synfiqa.config import component_params
 from synfiqa.context import RunContext
@@ -53,15 +54,14 @@ def load_annotators(config: dict, context: RunContext) -> tuple[list, dict[str, 
     for name in config["annotate"]["chain"]:
         try:
             annotator = context.registry.create("annotator", name, **component_params(config, "annotate", name))
-            if hasattr(annotator, "prepare"):
-                annotator.prepare(context)
+            protocols.prepare(annotator, context)
         except WeightsNotFoundError as error:
             if name not in config["annotate"]["optional"]:
                 raise
             unavailable[name] = str(error).splitlines()[0].rstrip(".")
             continue
         provided = {key for _, earlier in annotators for key in earlier.provides}
-        needed = [key for key in getattr(annotator, "requires", ()) if key not in provided]
+        needed = [key for key in protocols.requires(annotator) if key not in provided]
         if needed:
             why = (f" (annotator {needed[0]!r} is unavailable: {unavailable[needed[0]]})"
                    if needed[0] in unavailable else "")
@@ -112,8 +112,8 @@ def score_dataset(annotators, unavailable: dict[str, str], table: SampleTable, c
     dataset_scores(annotators, table, context)
     missing = dict(unavailable)
     for _, annotator in annotators:
-        if hasattr(annotator, "missing_domains") and len(table):  # an empty dataset lacks nothing
-            for domain in annotator.missing_domains(table):
+        if len(table):  # an empty dataset lacks nothing
+            for domain in protocols.missing_domains(annotator, table):
                 missing.setdefault(domain, "not in annotate.chain")
     produced = [key for _, annotator in annotators for key in annotator.provides if key in table.scores]
     label = PREFERRED_LABEL if PREFERRED_LABEL in table.scores else (produced[-1] if produced else None)
@@ -348,7 +348,7 @@ def _stack(arrays) -> torch.Tensor:
 
 
 def _needs_yaw(annotators) -> bool:
-    return any(getattr(annotator, "include_yaw", False) for _, annotator in annotators)
+    return any(protocols.include_yaw(annotator) for _, annotator in annotators)
 
 
 def _check_intensities(layout, recorded, severity_axes, annotators) -> None:
