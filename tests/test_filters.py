@@ -169,19 +169,20 @@ def test_uniqueness_report_is_blocked_and_matches_the_full_matrix(monkeypatch):
 
 
 def test_uniqueness_threshold_comes_from_the_embedders_calibration(context):
+    # the embedder declares it (same_identity_threshold), built-ins as third parties do
     from synfiqa.errors import ConfigError
-    from synfiqa_plugins.filters.uniqueness import UniquenessFilter, calibrated_thresholds
+    from synfiqa_plugins.filters.uniqueness import UniquenessFilter
 
-    table = calibrated_thresholds()
-    assert table["sface"]["cosine"] == pytest.approx(0.363) and "LFW" in table["sface"]["calibration"]
     assert UniquenessFilter().resolve_threshold("sface") == pytest.approx(0.363)
+    assert UniquenessFilter().resolve_threshold("dlib-resnet") == pytest.approx(0.91)
+    assert UniquenessFilter().resolve_threshold("adaface-ir18") == pytest.approx(0.3)
     assert UniquenessFilter(threshold=0.9).resolve_threshold("sface") == 0.9
 
     class DeclaresItsOwn:
         same_identity_threshold = 0.42
 
     assert UniquenessFilter().resolve_threshold("third-party", DeclaresItsOwn()) == 0.42
-    with pytest.raises(ConfigError, match="no calibrated identity threshold for embedder 'third-party'"):
+    with pytest.raises(ConfigError, match="embedder 'third-party' declares no same-identity threshold"):
         UniquenessFilter().resolve_threshold("third-party", object())
 
 

@@ -9,38 +9,17 @@ construction (no batch-size-dependent reduction order can change a rounding), an
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
-from synfiqa.align import ARCFACE_TEMPLATE_112
-from synfiqa.degradation import Degradation, check_images
+# the input checks are public (synfiqa.degradation), so a third-party plugin checks its input
+# exactly as the built-ins do
+from synfiqa.degradation import (Degradation, check_count, check_images, check_landmarks,  # noqa: F401
+                                 check_params, check_range, template_landmarks)
 
 # Seeds drawn for per-sample noise stay below 2**53 so that the manifest, which stores
 # every 1-D parameter as a float, records them exactly.
 SEED_LIMIT = 2**53
-
-
-def check_count(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int (the number of samples), got {n!r}")
-    return n
-
-
-def check_range(name: str, value, minimum: float = -math.inf, maximum: float = math.inf) -> tuple[float, float]:
-    """A [low, high] parameter range from the config: two finite numbers, low <= high,
-    inside [minimum, maximum]."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ValueError(f"{name} must be a range [low, high], got {value!r}")
-    try:
-        low, high = float(value[0]), float(value[1])
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a range of two numbers, got {value!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-        raise ValueError(f"{name} must be [low, high] with low <= high, got {value!r}")
-    if low < minimum or high > maximum:
-        raise ValueError(f"{name} must lie inside [{minimum}, {maximum}], got {value!r}")
-    return low, high
 
 
 def uniform(n: int, generator: torch.Generator, low: float, high: float) -> torch.Tensor:
@@ -51,48 +30,6 @@ def uniform(n: int, generator: torch.Generator, low: float, high: float) -> torc
 def draw_seeds(n: int, generator: torch.Generator) -> torch.Tensor:
     """Per-sample seeds for the noise an apply draws (int64, exact as float64)."""
     return torch.randint(0, SEED_LIMIT, (n,), generator=generator, dtype=torch.int64)
-
-
-def template_landmarks(n: int, height: int, width: int) -> torch.Tensor:
-    """The ArcFace 112 template scaled to the image: float64 [n, 5, 2]."""
-    template = torch.tensor(ARCFACE_TEMPLATE_112, dtype=torch.float64)
-    template[:, 0] *= width / 112.0
-    template[:, 1] *= height / 112.0
-    return template.expand(n, 5, 2).clone()
-
-
-def check_params(params, n: int, required: Sequence[str]) -> None:
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of tensors (from sample_params), got {type(params).__name__}")
-    for key in required:
-        if key not in params:
-            raise ValueError(f"params is missing {key!r} (present: {sorted(params)}); "
-                             f"pass what this degradation's sample_params returned")
-        value = params[key]
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"params[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
-        if value.dim() == 0 or value.shape[0] != n:
-            raise ValueError(f"params[{key!r}] has shape {tuple(value.shape)} but images has {n} samples; "
-                             f"params and images must have the same length")
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"params[{key!r}] contains NaN or infinity")
-
-
-def check_landmarks(landmarks, n: int, height: int, width: int) -> torch.Tensor:
-    """float64 [n, 5, 2] on the CPU: the given landmarks, or the template when None."""
-    if landmarks is None:
-        return template_landmarks(n, height, width)
-    if not isinstance(landmarks, torch.Tensor):
-        raise TypeError(f"landmarks must be a torch.Tensor [N, 5, 2] or None, got {type(landmarks).__name__}")
-    if tuple(landmarks.shape) != (n, 5, 2):
-        raise ValueError(f"landmarks must be [N, 5, 2] = [{n}, 5, 2] (left eye, right eye, nose, left and "
-                         f"right mouth corner, in pixels), got shape {tuple(landmarks.shape)}")
-    if not landmarks.is_floating_point():
-        raise TypeError(f"landmarks must be floating point (pixels), got {landmarks.dtype}")
-    landmarks = landmarks.detach().to("cpu", torch.float64)
-    if not bool(torch.isfinite(landmarks).all()):
-        raise ValueError("landmarks contain NaN or infinity")
-    return landmarks
 
 
 class PerSampleDegradation(Degradation):

@@ -12,26 +12,19 @@ reported value is over the threshold exactly when the identity was removed (with
 on a GPU, up to a cosine within ~1e-13 of the threshold: see synfiqa.ops)."""
 from __future__ import annotations
 
-import tomllib
 
 import numpy as np
 import torch
 
 from synfiqa import hookimpl
 from synfiqa.errors import ConfigError
+from synfiqa.protocols import same_identity_threshold
 from synfiqa.filtering import Decision, FaceSubject, not_measured
 from synfiqa.ops import greedy_unique
 from synfiqa.ops.reference import greedy_cosines, unit_rows
 
 # Rows whose reported cosines are computed at a time (memory O(REPORT_BLOCK x kept)).
 REPORT_BLOCK = 1024
-
-
-def calibrated_thresholds() -> dict[str, dict]:
-    from synfiqa.catalogue import catalogue_path
-
-    raw = tomllib.loads(catalogue_path().read_text())
-    return {entry["embedder"]: entry for entry in raw.get("identity_threshold", [])}
 
 
 def closest_kept_earlier(embeddings: torch.Tensor, kept: torch.Tensor, threshold: float):
@@ -70,19 +63,19 @@ class UniquenessFilter:
         return self.embedder or context.model_name("embedder")
 
     def resolve_threshold(self, name: str, model=None) -> float:
-        """This filter's threshold, else the embedder's calibrated one from registry.toml,
-        else the one a (third-party) embedder declares as `same_identity_threshold`."""
+        """This filter's threshold, else the one the embedder declares (`same_identity_threshold`,
+        built-in or third-party alike; without the model, its registered factory's)."""
         if self.threshold is not None:
             return float(self.threshold)
-        table = calibrated_thresholds()
-        if name in table:
-            return float(table[name]["cosine"])
-        own = getattr(model, "same_identity_threshold", None)
+        if model is None:
+            from synfiqa.registry import get_registry
+
+            model = get_registry().get("embedder", name).factory
+        own = same_identity_threshold(model)
         if own is not None:
             return float(own)
-        raise ConfigError(f"uniqueness filter: no calibrated identity threshold for embedder {name!r} "
-                          f"(calibrated: {', '.join(sorted(table)) or 'none'}); set "
-                          "filter.params.uniqueness.threshold")
+        raise ConfigError(f"uniqueness filter: embedder {name!r} declares no same-identity threshold; "
+                          "set filter.params.uniqueness.threshold")
 
     def judge(self, subjects: list[FaceSubject], context) -> list[Decision]:
         measurable = [i for i, s in enumerate(subjects) if s.has_face]

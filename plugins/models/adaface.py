@@ -169,6 +169,9 @@ class AdaFaceEmbedder:
 class AdaFaceIR18(AdaFaceEmbedder):
     depth = 18
     asset = "adaface-ir18"
+    # the original MR-FIQA / DCFace identity-uniqueness threshold, set for this model; not
+    # re-measured here (the checkpoint cannot be fetched offline)
+    same_identity_threshold = 0.3
 
 
 class AdaFaceIR50(AdaFaceEmbedder):
