@@ -179,3 +179,18 @@ def test_every_test_named_in_the_reliability_table_exists():
     missing = sorted(n for n in named if not n.endswith("_") and f"def {n}" not in sources)
     missing += sorted(f for f in files if not (ROOT / "tests" / f).is_file())
     assert named and not missing, missing
+
+
+def test_the_core_imports_no_plugin_and_probes_no_component():
+    # docs/architecture.md: core/ never imports synfiqa_plugins, and asks a component for an
+    # optional member through synfiqa.protocols, not with hasattr
+    imports = top_level_imports(["core"])
+    assert "synfiqa_plugins" not in imports, imports.get("synfiqa_plugins")
+    probing = []
+    for path in sorted((ROOT / "core").rglob("*.py")):
+        if path.name in ("protocols.py", "plugins.py"):  # plugins.py asks the click group, not a component
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "hasattr":
+                probing.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not probing, probing
