@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The |yaw| the build measures on every clean aligned crop: a recorded parameter of every
+# sample (references included), which the spatial-domain annotator may rank like a severity axis.
+YAW_AXIS = "pose.abs_yaw"
+
 
 @dataclass
 class SampleTable:

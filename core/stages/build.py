@@ -17,21 +17,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synfiqa.stages.s5_annotate import identity_scores, load_annotators, score_dataset
-from synfiqa.annotation import SampleTable
+from synfiqa import layout, protocols
+from synfiqa.annotation import YAW_AXIS, SampleTable
 from synfiqa.config import component_params, fingerprint, to_toml, validate_config
 from synfiqa.context import RunContext
-from synfiqa import layout, protocols
-from synfiqa.layout import identity_folder_name, quality_key
 from synfiqa.degradation import DegradationChain
 from synfiqa.errors import BadInputError, ConfigError
 from synfiqa.faces import detect_and_align
+from synfiqa.images import encode_jpeg
+from synfiqa.layout import identity_folder_name, quality_key
+from synfiqa.progress import progress as progress_bar
+from synfiqa.registry import Registry, get_registry
 from synfiqa.stages.s1_generate import generate_into
 from synfiqa.stages.s2_filter import filter_for_build
-from synfiqa.images import encode_jpeg
-from synfiqa.progress import progress as progress_bar
+from synfiqa.stages.s5_annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.store import RecordSet, StageFolder, write_atomic, write_error, write_group, write_text_atomic
-from synfiqa.registry import Registry, get_registry
+
 
 @dataclass
 class AlignedPhoto:
@@ -60,8 +61,6 @@ class Pipeline:
         self.annotators, self.unavailable = load_annotators(config, self.context)
         self.detector = self.context.model("detector")
         self.pose = self.context.model("pose")
-        if any(name == "fr" for name, _ in self.annotators):
-            self.context.model("embedder")
         self.plugins = self._plugin_versions()
 
     def _plugin_versions(self) -> dict[str, str]:
@@ -112,7 +111,7 @@ class Pipeline:
             references.append(save(layout.reference_name(k), photo.crop))
             rows.append({"identity": identity.name, "index": k, "role": "reference", "status": "ok",
                          "path": layout.relative_path(identity.name, layout.reference_name(k)), "source": photo.key,
-                         "params": {"pose.abs_yaw": photo.abs_yaw}, **_notes(photo)})
+                         "params": {YAW_AXIS: photo.abs_yaw}, **_notes(photo)})
         reference_tensor = torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).contiguous()
 
         indices = list(range(run["degraded"]))
@@ -133,7 +132,7 @@ class Pipeline:
         for k, source, record in zip(indices, sources, params):
             rows.append({"identity": identity.name, "index": k, "role": "degraded", "status": "ok",
                          "path": layout.relative_path(identity.name, layout.sample_name(k)), "source": source.key,
-                         "params": {"pose.abs_yaw": source.abs_yaw, **record},
+                         "params": {YAW_AXIS: source.abs_yaw, **record},
                          "scores": {key: values[k] for key, values in scores.items()}, **_notes(source)})
         return {"identity": identity.name, "status": "ok", "rows": rows}
 
@@ -173,7 +172,7 @@ class Pipeline:
             "unavailable_annotators": self.unavailable,
             "quality_score": annotated.label,
             "missing_domains": annotated.missing,
-            "severity_axes": ["pose.abs_yaw", *self.chain.severity_axes],
+            "severity_axes": [YAW_AXIS, *self.chain.severity_axes],
         }
         return rows, quality, summary
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from synfiqa import protocols
-from synfiqa.annotation import SampleTable
+from synfiqa.annotation import YAW_AXIS, SampleTable
 from synfiqa.config import component_params
 from synfiqa.context import RunContext
 from synfiqa.layout import (BUILD_MARKER, QUALITY_SCORES, format_quality_scores, quality_key, reference_index,
@@ -38,8 +38,6 @@ from synfiqa.images import read_rgb
 from synfiqa.progress import progress as progress_bar
 from synfiqa.store import RecordSet, StageFolder, write_text_atomic
 
-YAW_AXIS = "pose.abs_yaw"
-PREFERRED_LABEL = "mr"
 STORED_FORMAT = 2  # of .synfiqa/annotate/<identity>.json; a change invalidates stored results
 
 
@@ -107,8 +105,8 @@ class DatasetScores:
 
 def score_dataset(annotators, unavailable: dict[str, str], table: SampleTable, context) -> DatasetScores:
     """The dataset-wide step of `build` and `annotate`: ranks, the MR combination, and the
-    account of what it lacked. The label is the MR score when the chain makes one, else the
-    last score the chain produced."""
+    account of what it lacked. The label (what Quality-Scores.txt holds) is the last score the
+    chain produced: the chain ends with the annotator that combines the others (mr)."""
     dataset_scores(annotators, table, context)
     missing = dict(unavailable)
     for _, annotator in annotators:
@@ -116,7 +114,7 @@ def score_dataset(annotators, unavailable: dict[str, str], table: SampleTable, c
             for domain in protocols.missing_domains(annotator, table):
                 missing.setdefault(domain, "not in annotate.chain")
     produced = [key for _, annotator in annotators for key in annotator.provides if key in table.scores]
-    label = PREFERRED_LABEL if PREFERRED_LABEL in table.scores else (produced[-1] if produced else None)
+    label = produced[-1] if produced else None
     return DatasetScores(table.scores, label, missing)
 
 

@@ -25,7 +25,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from synfiqa.stages.s5_annotate import YAW_AXIS, identity_scores, load_annotators, score_dataset
+from synfiqa.annotation import YAW_AXIS
+from synfiqa.stages.s5_annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.annotation import SampleTable
 from synfiqa.context import RunContext
 from synfiqa.errors import BadInputError, ConfigError

@@ -4,11 +4,10 @@ ranks over ALL degraded samples of the dataset; sd = the minimum over the axes."
 from __future__ import annotations
 
 from synfiqa import hookimpl
-from synfiqa.annotation import Annotator
+from synfiqa.annotation import YAW_AXIS, Annotator
 from synfiqa.errors import ConfigError
 from synfiqa.mr_label import spatial_score
 
-YAW_AXIS = "pose.abs_yaw"
 
 
 class SpatialAnnotator(Annotator):
