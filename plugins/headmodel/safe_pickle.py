@@ -12,7 +12,8 @@ tampered file names. Here every global the pickle names is looked up in a short 
 * scipy's compressed/coordinate sparse matrices -> :class:`SparseStub`, which keeps the
   arrays and turns them dense itself (scipy is not imported);
 * ``copy_reg._reconstructor`` (Python 2 protocols 0/1), for those stubs only;
-* ``set``/``frozenset``/``object`` (chumpy's bookkeeping) and, where asked for (the landmark
+* ``set``/``frozenset``/``object`` (chumpy's bookkeeping), ``_codecs.encode`` for latin-1
+  text only (how Python 3 writes bytes at protocol 2, should the file have been re-saved) and, where asked for (the landmark
   embedding, which holds torch tensors), torch's tensor rebuild with the storage bytes read
   by ``torch.load(weights_only=True)``.
 
@@ -113,6 +114,13 @@ def _reconstructor(cls, base, state):
     return cls.__new__(cls)
 
 
+def _latin1_encode(text, encoding="latin1"):
+    """_codecs.encode as Python 3 pickles bytes at protocols < 3: latin-1 only."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError("_codecs.encode is allowed only for latin-1 text")
+    return text.encode("latin1")
+
+
 def _storage_from_bytes(data: bytes):
     import torch
 
@@ -154,6 +162,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _stub(SparseStub, module, name, sparse_format=_SPARSE_CLASSES[name])
         if module == "copyreg" and name == "_reconstructor":
             return _reconstructor
+        if module == "_codecs" and name == "encode":
+            return _latin1_encode
         if module == "builtins" and name in ("set", "frozenset", "object"):
             return {"set": set, "frozenset": frozenset, "object": object}[name]
         if self.allow_torch:
