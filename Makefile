@@ -43,8 +43,8 @@ $(LATEST)/.installed: pyproject.toml setup.py registry.toml
 	touch $@
 
 test-latest: $(LATEST)/.installed
-	$(LATEST)/bin/python -m pip list --format=freeze --exclude-editable > $(LATEST)/resolved.txt
-	@echo "resolved fresh: $$(grep -ciE '^(torch|opencv-python-headless|numpy|transformers|diffusers)==' $(LATEST)/resolved.txt) key packages; differences from the lock:"
+	$(LATEST)/bin/python -m pip freeze --all --exclude-editable | grep -iv '^pip==' > $(LATEST)/resolved.txt
+	@echo "resolved fresh from pyproject.toml; the versions that differ from requirements.lock:"
 	@diff <(grep -v '^#' requirements.lock | sort -f) <(sort -f $(LATEST)/resolved.txt) | grep '^[<>]' || echo "  none"
 	$(LATEST)/bin/python -m pytest $(TESTS)
 
