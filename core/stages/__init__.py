@@ -2,7 +2,8 @@
 
     s1_generate    identities from a generator (a folder of photos, or a generative model)
     s2_filter      identity filters (yaw, glasses, expression, uniqueness), each decision recorded
-    s3             (reserved: the Stage-2 plan of references and samples per identity)
+    s3_plan        the Stage-2 plan: R reference and D degraded specs per identity (pose, expression,
+                   light, framing, prompt) from a bank; not wired into the build yet
     s4_degrade     the degradation chain over aligned faces, every parameter recorded
     s5_annotate    the MR label: fr, sd, vl per sample, then dataset-wide ranks and min-max
     s6_score       quality scores of any photos: FIQA networks or the MR label with references
