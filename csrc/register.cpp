@@ -11,4 +11,7 @@ TORCH_LIBRARY(synfiqa, m) {
   m.def("ref_cosine(Tensor samples, Tensor sample_ids, Tensor references, Tensor reference_ids) -> Tensor");
   // float [N, D], threshold -> bool [N] kept
   m.def("greedy_unique(Tensor embeddings, float threshold) -> Tensor");
+  // float32 [N, V, 3] NDC, int64 [F, 3], height, width -> (pix_to_face int64 [N, H, W] (packed n * F + f, -1),
+  // bary float32 [N, H, W, 3] (-1), zbuf float32 [N, H, W] (-1)): pytorch3d rasterize_meshes, 1 face per pixel
+  m.def("rasterize(Tensor verts, Tensor faces, int height, int width) -> (Tensor, Tensor, Tensor)");
 }

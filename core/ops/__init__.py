@@ -9,6 +9,9 @@
         embeddings (the fr domain of the MR score). NaN where the identity has no reference.
     greedy_unique(embeddings, threshold, impl="auto")
         bool [N] kept: the Stage-1 uniqueness rule, greedy in row order.
+    rasterize(verts, faces, height, width, impl="auto")
+        (pix_to_face, bary, zbuf): pytorch3d's rasterize_meshes as DECA calls it (one face
+        per pixel, blur 0, no culling, NDC), with deterministic tie rules.
 
 impl: "reference" runs the op's pure-torch twin (synfiqa.ops.reference: exactly one per op,
 the definition the kernel must match, the parity tests' oracle and the fallback); "native"
@@ -25,7 +28,9 @@ float64 "ordered cosines" (products rounded one by one, summed in index order; s
 synfiqa.ops.reference): the C++ kernel and the twin compute that same formula for every
 cosine near the threshold, so they agree bit for bit even for a cosine a few float64 ulp
 from it. The CUDA kernel compares float64 GEMM cosines (cuBLAS summation order): it can
-judge differently only a cosine within ~1e-13 of the threshold.
+judge differently only a cosine within ~1e-13 of the threshold. rasterize: the C++ and CUDA
+kernels and the twin compute the same float32 operations one by one (no fused multiply-add)
+and resolve ties by face index, so all three agree bit for bit on every output.
 
 Benchmarks against the slow baselines are not part of this package: tests/benchmarks
 (`make bench` in a source checkout).
@@ -41,14 +46,15 @@ from synfiqa.ops import loader as _loader
 from synfiqa.ops.reference import (
     blur_resample_reference,
     greedy_unique_reference,
+    rasterize_reference,
     ref_cosine_reference,
 )
 
 IMPLS = ("auto", "native", "reference")
 
 __all__ = [
-    "IMPLS", "NativeOpsUnavailable", "blur_resample", "ref_cosine", "greedy_unique", "status", "build",
-    "blur_resample_reference", "ref_cosine_reference", "greedy_unique_reference",
+    "IMPLS", "NativeOpsUnavailable", "blur_resample", "ref_cosine", "greedy_unique", "rasterize", "status", "build",
+    "blur_resample_reference", "ref_cosine_reference", "greedy_unique_reference", "rasterize_reference",
 ]
 
 
@@ -246,6 +252,58 @@ def greedy_unique(embeddings: torch.Tensor, threshold: float, impl: str = "auto"
     if native:
         return torch.ops.synfiqa.greedy_unique(embeddings, threshold)
     return greedy_unique_reference(embeddings, threshold)
+
+
+# ---------------------------------------------------------------- rasterize
+
+def rasterize(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int,
+              impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rasterize N meshes that share `faces`, one face per pixel: pytorch3d's
+    `rasterize_meshes(..., blur_radius=0, faces_per_pixel=1, perspective_correct=False)` (no
+    culling) as DECA calls it, with the K axis dropped.
+
+    verts: floating [N, V, 3] in pytorch3d NDC (+X left, +Y up, +Z away from the camera; the
+    shorter image side spans [-1, 1]); computed in float32. faces: integer [F, 3] in [0, V).
+    height, width: the image size (may differ).
+
+    Returns pix_to_face int64 [N, H, W] (packed index n * F + f, as pytorch3d; -1 where no
+    face covers the pixel), bary float32 [N, H, W, 3] and zbuf float32 [N, H, W] (-1 there).
+    The nearest face wins (smallest interpolated z; z < 0 is behind the camera and skipped),
+    ties to the lowest face index; a pixel centre exactly on a shared edge is covered by
+    exactly one of the faces. The full definition: synfiqa.ops.reference.rasterize_reference.
+    """
+    verts = _tensor(verts, "verts")
+    if verts.dim() != 3 or verts.shape[2] != 3:
+        raise ValueError(f"verts must be 3-D [N, V, 3], got shape {tuple(verts.shape)}")
+    if not verts.is_floating_point():
+        raise TypeError(f"verts must be a floating-point tensor, got {verts.dtype}")
+    faces = _tensor(faces, "faces")
+    if faces.dim() != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces must be 2-D [F, 3], got shape {tuple(faces.shape)}")
+    if faces.is_floating_point() or faces.is_complex() or faces.dtype == torch.bool:
+        raise TypeError(f"faces must be an integer tensor, got {faces.dtype}")
+    device = verts.device
+    _same_device(faces, "faces", device, "verts")
+    sizes = []
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        sizes.append(int(value))
+    height, width = sizes
+    if faces.shape[0] >= 2**31:
+        raise ValueError(f"at most 2^31 - 1 faces, got {faces.shape[0]}")
+    verts = verts.to(torch.float32).contiguous()
+    faces = faces.to(torch.int64).contiguous()
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= verts.shape[1]):
+        raise ValueError(f"faces must index vertices in [0, {verts.shape[1]}), got values in "
+                         f"[{int(faces.min())}, {int(faces.max())}]")
+    if not bool(torch.isfinite(verts).all()):
+        raise ValueError("verts contain NaN or infinity")
+    if _use_native("rasterize", impl, device):
+        return tuple(torch.ops.synfiqa.rasterize(verts, faces, height, width))
+    return rasterize_reference(verts, faces, height, width)
 
 
 # ---------------------------------------------------------------- status and build

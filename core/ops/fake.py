@@ -23,3 +23,13 @@ def _ref_cosine_fake(samples, sample_ids, references, reference_ids):
 def _greedy_unique_fake(embeddings, threshold):
     torch._check(embeddings.dim() == 2, lambda: "embeddings must be [N, D]")
     return embeddings.new_empty((embeddings.shape[0],), dtype=torch.bool)
+
+
+@torch.library.register_fake("synfiqa::rasterize")
+def _rasterize_fake(verts, faces, height, width):
+    torch._check(verts.dim() == 3 and verts.shape[2] == 3, lambda: "verts must be [N, V, 3]")
+    torch._check(faces.dim() == 2 and faces.shape[1] == 3, lambda: "faces must be [F, 3]")
+    n = verts.shape[0]
+    return (verts.new_empty((n, height, width), dtype=torch.int64),
+            verts.new_empty((n, height, width, 3), dtype=torch.float32),
+            verts.new_empty((n, height, width), dtype=torch.float32))

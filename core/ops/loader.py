@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-OPS = ("blur_resample", "ref_cosine", "greedy_unique")
+OPS = ("blur_resample", "ref_cosine", "greedy_unique", "rasterize")
 CPU_FLAGS = ["-O3", "-march=native", "-fopenmp"]
 CPU_LDFLAGS = ["-fopenmp"]
 CUDA_FLAGS = ["-O3"]

@@ -3,6 +3,7 @@
     blur_resample  -> blur_resample_reference
     ref_cosine     -> ref_cosine_reference
     greedy_unique  -> greedy_unique_reference
+    rasterize      -> rasterize_reference
 
 Each is the definition its native kernel must match, the oracle of the parity tests
 (tests/test_ops.py), and what `synfiqa.ops` runs when no native build is available
@@ -197,3 +198,159 @@ def greedy_unique_reference(embeddings: torch.Tensor, threshold: float, block: i
         kept_rows[kept_count : kept_count + new_rows.shape[0]] = new_rows
         kept_count += new_rows.shape[0]
     return kept
+
+
+# ---------------------------------------------------------------- rasterize
+
+RASTER_AREA_EPSILON = 1e-8  # pytorch3d's kEpsilon: faces with |area| <= it are skipped
+_RASTER_CHUNK = 1 << 21  # (face, pixel) candidates per step of the twin
+
+
+def rasterize_pixel_centres(size: int, other: int) -> torch.Tensor:
+    """float32 [size]: the NDC coordinate of the centres of image index 0..size-1 along a
+    side of `size` pixels when the other side has `other` (pytorch3d's PixToNonSquareNdc,
+    evaluated at index size-1-i because +X points left and +Y up):
+
+        ndc(j) = -o + (R * j + o) / size,  R = (size * 2) / other if size > other else 2,  o = R / 2
+
+    so the shorter side spans [-1, 1] (the longer one [-R/2, R/2]); square: (size-1-2i)/size.
+    Every operation in float32, in this order (the kernels' own)."""
+    s1 = torch.tensor(float(size), dtype=torch.float32)
+    if size > other:
+        rng = (s1 * torch.tensor(2.0, dtype=torch.float32)) / torch.tensor(float(other), dtype=torch.float32)
+    else:
+        rng = torch.tensor(2.0, dtype=torch.float32)
+    offset = rng / torch.tensor(2.0, dtype=torch.float32)
+    j = (size - 1 - torch.arange(size, dtype=torch.int64)).to(torch.float32)
+    return -offset + (rng * j + offset) / s1
+
+
+def _pixel_span(lo: torch.Tensor, hi: torch.Tensor, size: int, other: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last image index whose pixel centre can lie in [lo, hi] (a one-pixel margin
+    makes it conservative: the exact test is per pixel); empty when first > last."""
+    rng = 2.0 * size / other if size > other else 2.0
+    offset = rng / 2.0
+    i_lo = (torch.floor((lo.double() + offset) * size / rng - 0.5) - 1.0).clamp_min(0.0)
+    i_hi = (torch.ceil((hi.double() + offset) * size / rng - 0.5) + 1.0).clamp_max(float(size - 1))
+    empty = ~(i_lo <= i_hi)
+    first = (size - 1 - i_hi.clamp(-1.0, float(size)).long())
+    last = (size - 1 - i_lo.clamp(-1.0, float(size)).long())
+    return torch.where(empty, 1, first), torch.where(empty, 0, last)
+
+
+def _rasterize_faces(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> dict:
+    """Per (mesh, face) set-up, [N, F] tensors: the canonical edges, the orientation, the
+    area and the pixel bounding box, as the kernels compute them."""
+    v = verts[:, faces]  # [N, F, 3 vertices, 3]
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    eps = torch.tensor(RASTER_AREA_EPSILON, dtype=torch.float32)
+    area = (x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0]) - (y[..., 2] - y[..., 0]) * (x[..., 1] - x[..., 0])
+    zmax = torch.maximum(z[..., 0], torch.maximum(z[..., 1], z[..., 2]))
+    valid = ~((area <= eps) & (area >= -eps)) & ~(zmax < 0)
+    first, second = [1, 2, 0], [2, 0, 1]  # edges v1v2, v2v0, v0v1 (pytorch3d's w0, w1, w2)
+    ax, ay, bx, by = x[..., first], y[..., first], x[..., second], y[..., second]  # [N, F, 3]
+    swap = (ay > by) | ((ay == by) & (ax > bx))
+    ax, bx = torch.where(swap, bx, ax), torch.where(swap, ax, bx)
+    ay, by = torch.where(swap, by, ay), torch.where(swap, ay, by)
+    sign = torch.where(swap, torch.tensor(-1.0), torch.tensor(1.0))
+    accept_zero = (sign > 0) == (area > 0).unsqueeze(-1)
+    c0, c1 = _pixel_span(x.amin(-1), x.amax(-1), width, height)
+    r0, r1 = _pixel_span(y.amin(-1), y.amax(-1), height, width)
+    valid &= (r0 <= r1) & (c0 <= c1)
+    return {"ax": ax, "ay": ay, "dx": bx - ax, "dy": by - ay, "sign": sign, "accept_zero": accept_zero,
+            "area_eps": area + eps, "z": z, "valid": valid, "r0": r0, "r1": r1, "c0": c0, "c1": c1}
+
+
+def _rasterize_candidates(setup: dict, mesh: torch.Tensor, face: torch.Tensor, row: torch.Tensor,
+                          col: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor):
+    """(inside, barycentrics [K, 3], pz) of face `face` of mesh `mesh` at pixel (row, col)."""
+    def take(name):
+        return setup[name][mesh, face]
+
+    px, py = xs[col].unsqueeze(-1), ys[row].unsqueeze(-1)
+    ax, ay, dx, dy = take("ax"), take("ay"), take("dx"), take("dy")
+    e = (px - ax) * dy - (py - ay) * dx  # [K, 3], canonical edge functions
+    inside = torch.where(take("accept_zero"), e >= 0, e < 0).all(-1)
+    b = (e * take("sign")) / take("area_eps").unsqueeze(-1)
+    z = take("z")
+    pz = (b[:, 0] * z[:, 0] + b[:, 1] * z[:, 1]) + b[:, 2] * z[:, 2]
+    return inside, b, pz
+
+
+def rasterize_reference(verts: torch.Tensor, faces: torch.Tensor, height: int,
+                        width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The definition of `rasterize`: pytorch3d's `rasterize_meshes` as DECA calls it
+    (faces_per_pixel 1, blur_radius 0, perspective_correct False, clip_barycentric_coords
+    False, no culling), for N meshes sharing `faces`, with deterministic ties.
+
+    verts float32 [N, V, 3] in NDC (+X left, +Y up, +Z into the screen), faces int64 [F, 3].
+    Returns pix_to_face int64 [N, H, W] (the *packed* index n * F + f, as pytorch3d; -1 on
+    the background), bary float32 [N, H, W, 3] (-1 on the background) and zbuf float32
+    [N, H, W] (-1 on the background). All arithmetic in float32, one operation at a time:
+
+    - pixel (r, c) has its centre at (xs[c], ys[r]), see `rasterize_pixel_centres`;
+    - area = (x2-x0)(y1-y0) - (y2-y0)(x1-x0) (pytorch3d's EdgeFunctionForward(v2, v0, v1));
+      |area| <= 1e-8 (zero-area, degenerate faces): the face covers nothing; max z < 0: nothing;
+    - edge k = (v1, v2), (v2, v0), (v0, v1) has the endpoints (a, b) ordered by (y, x), with
+      s_k = -1 where that swapped them, else +1, and E_k = (px - a.x)(b.y - a.y) - (py - a.y)(b.x - a.x):
+      a shared edge gives the two faces the same E up to sign, bit for bit;
+    - inside iff every s_k sign(area) E_k > 0 (pytorch3d's strict "all barycentrics > 0"),
+      except that E_k == 0 (the centre exactly on edge k) counts as inside iff s_k sign(area) > 0.
+      That is the strict test at the centre moved by (+eps, -eps^2) in NDC: a centre on an
+      edge goes to the face on its +X side (image left), on a horizontal edge to the face on
+      its -Y side (image below), on a vertex to exactly one face of a closed fan. So faces
+      that tile a region cover each pixel centre in it exactly once (pytorch3d covers an
+      exactly-on-edge centre by neither face; that is the only difference);
+    - bary_k = (E_k s_k) / (area + 1e-8) (pytorch3d's BarycentricCoordinatesForward);
+    - pz = (b0 z0 + b1 z1) + b2 z2; a pixel with pz < 0 (behind the camera), or not finite,
+      is skipped for that face (pytorch3d);
+    - the face with the smallest pz wins (nearest; pytorch3d's camera looks down +Z); equal
+      pz: the lowest face index. zbuf = its pz, bary = its barycentrics (not clipped,
+      not renormalised: they sum to 1 within float32 rounding).
+    """
+    n, _, _ = verts.shape
+    f_count = faces.shape[0]
+    device = verts.device
+    pix_to_face = torch.full((n, height, width), -1, dtype=torch.int64, device=device)
+    bary = torch.full((n, height, width, 3), -1.0, dtype=torch.float32, device=device)
+    zbuf = torch.full((n, height, width), -1.0, dtype=torch.float32, device=device)
+    if n == 0 or f_count == 0:
+        return pix_to_face, bary, zbuf
+    verts = verts.to(torch.float32)
+    xs = rasterize_pixel_centres(width, height).to(device)
+    ys = rasterize_pixel_centres(height, width).to(device)
+    setup = _rasterize_faces(verts, faces, height, width)
+    mesh_of, face_of = setup["valid"].nonzero(as_tuple=True)  # (mesh, face) pairs, mesh-major, faces ascending
+    rows = (setup["r1"] - setup["r0"] + 1)[mesh_of, face_of]
+    cols = (setup["c1"] - setup["c0"] + 1)[mesh_of, face_of]
+    counts = rows * cols
+    ends = counts.cumsum(0)
+    starts = ends - counts
+    no_key = torch.iinfo(torch.int64).max
+    best = torch.full((n * height * width,), no_key, dtype=torch.int64, device=device)
+    first = 0
+    while first < counts.numel():
+        # a run of faces with at most _RASTER_CHUNK candidates (at least one face)
+        limit = int(starts[first]) + _RASTER_CHUNK
+        last = max(first + 1, int(torch.searchsorted(ends, torch.tensor(limit, device=device), right=True)))
+        owner = torch.repeat_interleave(torch.arange(first, last, device=device), counts[first:last])
+        local = torch.arange(owner.numel(), device=device) + int(starts[first]) - starts[owner]
+        mesh, face = mesh_of[owner], face_of[owner]
+        row = setup["r0"][mesh, face] + local // cols[owner]
+        col = setup["c0"][mesh, face] + local % cols[owner]
+        inside, _, pz = _rasterize_candidates(setup, mesh, face, row, col, xs, ys)
+        keep = inside & (pz >= 0) & (pz < float("inf"))
+        pz_key = torch.where(pz == 0, torch.zeros_like(pz), pz)  # -0.0 ties with +0.0
+        key = (pz_key.view(torch.int32).to(torch.int64) << 32) | face
+        pixel = (mesh * height + row) * width + col
+        best.scatter_reduce_(0, pixel[keep], key[keep], reduce="amin")
+        first = last
+    hit = (best != no_key).nonzero(as_tuple=True)[0]
+    face = best[hit] & 0xFFFFFFFF
+    mesh, rest = hit // (height * width), hit % (height * width)
+    row, col = rest // width, rest % width
+    _, b, pz = _rasterize_candidates(setup, mesh, face, row, col, xs, ys)
+    pix_to_face.view(-1)[hit] = mesh * f_count + face
+    bary.view(-1, 3)[hit] = b
+    zbuf.view(-1)[hit] = pz
+    return pix_to_face, bary, zbuf
