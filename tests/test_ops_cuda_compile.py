@@ -41,5 +41,5 @@ def test_cuda_sources_compile_link_and_register_every_op(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(report["path"]).name.startswith("synfiqa_ops_cuda_") and Path(report["path"]).exists()
-    assert report["kernels"] == {"blur_resample": True, "ref_cosine": True, "greedy_unique": True}
+    assert report["kernels"] == {"blur_resample": True, "ref_cosine": True, "greedy_unique": True, "rasterize": True}
     assert all(report["cpu"].values())

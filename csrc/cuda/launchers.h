@@ -52,4 +52,18 @@ cudaError_t ref_cosine_double(const double* samples, const int64_t* row_of_sampl
 cudaError_t greedy_resolve_block(const bool* over, int64_t rows, bool* dropped, cudaStream_t stream);
 constexpr int64_t kGreedyBlock = 1024;
 
+// rasterize: pix_to_face, bary and zbuf come in filled with -1 (the background); keys
+// ([n][height][width]) filled with kRasterizeNoKey, used as the per-pixel depth buffer.
+struct RasterizeArgs {
+  const float* verts;    // [n][v][3]
+  const int64_t* faces;  // [f][3], indices checked by the caller
+  int64_t n, v, f, height, width;
+  unsigned long long* keys;
+  int64_t* pix_to_face;  // [n][height][width]
+  float* bary;           // [n][height][width][3]
+  float* zbuf;           // [n][height][width]
+};
+constexpr unsigned long long kRasterizeNoKey = 0x7FFFFFFFFFFFFFFFull;  // INT64_MAX, above every key
+cudaError_t rasterize(const RasterizeArgs& args, cudaStream_t stream);
+
 }  // namespace synfiqa::cuda

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "../resample_plan.h"
@@ -246,12 +247,49 @@ at::Tensor greedy_unique_cuda(const at::Tensor& embeddings, double threshold) {
   return kept;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_cuda(const at::Tensor& verts, const at::Tensor& faces,
+                                                              int64_t height, int64_t width) {
+  TORCH_CHECK(verts.dim() == 3 && verts.size(2) == 3 && verts.scalar_type() == at::kFloat,
+              "verts must be float32 [N, V, 3]");
+  TORCH_CHECK(faces.dim() == 2 && faces.size(1) == 3 && faces.scalar_type() == at::kLong, "faces must be int64 [F, 3]");
+  TORCH_CHECK(height > 0 && width > 0, "height and width must be positive");
+  TORCH_CHECK(faces.size(0) < (int64_t{1} << 31), "at most 2^31 - 1 faces");
+  TORCH_CHECK(faces.device() == verts.device(), "faces must be on the device of verts");
+  const c10::cuda::CUDAGuard guard(verts.device());
+  const int64_t n = verts.size(0), v = verts.size(1), f = faces.size(0);
+  at::Tensor pix_to_face = at::full({n, height, width}, -1, verts.options().dtype(at::kLong));
+  at::Tensor bary = at::full({n, height, width, 3}, -1.0, verts.options());
+  at::Tensor zbuf = at::full({n, height, width}, -1.0, verts.options());
+  if (n == 0 || f == 0) return {pix_to_face, bary, zbuf};
+  TORCH_CHECK(faces.min().item<int64_t>() >= 0 && faces.max().item<int64_t>() < v,
+              "faces index a vertex out of range [0, ", v, ")");
+  const at::Tensor vd = verts.contiguous();
+  const at::Tensor fd = faces.contiguous();
+  at::Tensor keys = at::full({n * height * width}, std::numeric_limits<int64_t>::max(), pix_to_face.options());
+  static_assert(cuda::kRasterizeNoKey == static_cast<unsigned long long>(std::numeric_limits<int64_t>::max()));
+  cuda::RasterizeArgs args{};
+  args.verts = vd.data_ptr<float>();
+  args.faces = fd.data_ptr<int64_t>();
+  args.n = n;
+  args.v = v;
+  args.f = f;
+  args.height = height;
+  args.width = width;
+  args.keys = reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>());
+  args.pix_to_face = pix_to_face.data_ptr<int64_t>();
+  args.bary = bary.data_ptr<float>();
+  args.zbuf = zbuf.data_ptr<float>();
+  check_launch(cuda::rasterize(args, c10::cuda::getCurrentCUDAStream()), "rasterize kernels");
+  return {pix_to_face, bary, zbuf};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(synfiqa, CUDA, m) {
   m.impl("blur_resample", &blur_resample_cuda);
   m.impl("ref_cosine", &ref_cosine_cuda);
   m.impl("greedy_unique", &greedy_unique_cuda);
+  m.impl("rasterize", &rasterize_cuda);
 }
 
 }  // namespace synfiqa

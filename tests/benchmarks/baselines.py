@@ -18,6 +18,9 @@ Every comparison runs its contenders in one process on the same data:
                   Python loop on the first `loop_rows` samples.
   greedy_unique   native against the plain greedy loop and the blocked pure-torch twin
                   at N = n_loop; native alone at N = n_big (with its extra peak memory).
+  rasterize       native against its pure-torch twin (bbox candidates + scatter_reduce amin)
+                  on a FLAME-sized mesh (a jittered UV sphere, 5,002 vertices, 10,000 faces,
+                  rotated per sample, about half the image covered), 512x512, batch 10.
 Throughput is in units (images or rows) per second; `speed-up` is the native op's throughput
 over the contender's.
 """
@@ -250,13 +253,60 @@ def greedy_comparisons(n_loop: int = 10_000, n_big: int = 100_000, d: int = 512,
         ], info={"peak_extra_bytes": lambda: peak_extra_memory(lambda: greedy_unique(big, threshold, impl="native"))})
 
 
-def comparisons(ops=("blur_resample", "ref_cosine", "greedy_unique"), quick: bool = False) -> Iterator[Comparison]:
+def comparisons(ops=("blur_resample", "ref_cosine", "greedy_unique", "rasterize"),
+                quick: bool = False) -> Iterator[Comparison]:
     if "blur_resample" in ops:
         yield from blur_comparisons(sizes=(112,) if quick else (112, 224), batches=(64,) if quick else (64, 256))
     if "ref_cosine" in ops:
         yield from ref_cosine_comparisons(n=100_000 if quick else 1_000_000, loop_rows=5_000 if quick else 20_000)
     if "greedy_unique" in ops:
         yield from greedy_comparisons(n_loop=3_000 if quick else 10_000, n_big=0 if quick else 100_000)
+    if "rasterize" in ops:
+        yield from rasterize_comparisons(size=256 if quick else 512, batch=10)
+
+
+def flame_sized_mesh(batch: int = 10, seed: int = 0, rings: int = 50, segments: int = 100):
+    """verts float32 [batch, 5002, 3] (NDC, z around 10 as DECA's +10), faces int64 [10000, 3]:
+    a unit UV sphere scaled by 0.8, jittered, rotated about the vertical axis per sample (the
+    size and on-screen coverage of a FLAME head at 512x512: 5,023 vertices, 9,976 faces)."""
+    import math
+
+    generator = torch.Generator().manual_seed(seed)
+    theta = torch.linspace(0, math.pi, rings + 2)[1:-1]
+    phi = torch.linspace(0, 2 * math.pi, segments + 1)[:-1]
+    t, p = torch.meshgrid(theta, phi, indexing="ij")
+    points = torch.stack([t.sin() * p.cos(), t.cos(), t.sin() * p.sin()], -1).reshape(-1, 3)
+    points = torch.cat([points, torch.tensor([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]])])
+    i = torch.arange(rings - 1).repeat_interleave(segments)
+    j = torch.arange(segments).repeat(rings - 1)
+    a, b = i * segments + j, i * segments + (j + 1) % segments
+    c, d = a + segments, b + segments
+    top, bottom = rings * segments, rings * segments + 1
+    k = torch.arange(segments)
+    faces = torch.cat([torch.stack([a, c, b], 1), torch.stack([b, c, d], 1),
+                       torch.stack([torch.full_like(k, top), k, (k + 1) % segments], 1),
+                       torch.stack([torch.full_like(k, bottom), (rings - 1) * segments + (k + 1) % segments,
+                                    (rings - 1) * segments + k], 1)])
+    angles = torch.rand(batch, generator=generator) * 2 - 1
+    cos, sin = angles.cos(), angles.sin()
+    zero, one = torch.zeros_like(cos), torch.ones_like(cos)
+    rotation = torch.stack([torch.stack([cos, zero, sin], -1), torch.stack([zero, one, zero], -1),
+                            torch.stack([-sin, zero, cos], -1)], -2)
+    verts = 0.8 * points @ rotation.transpose(1, 2) + 0.01 * torch.randn(batch, points.shape[0], 3,
+                                                                          generator=generator)
+    verts[..., 2] += 10.0
+    return verts.float().contiguous(), faces
+
+
+def rasterize_comparisons(size: int = 512, batch: int = 10) -> Iterator[Comparison]:
+    from synfiqa.ops import rasterize
+
+    verts, faces = flame_sized_mesh(batch)
+    yield Comparison("rasterize", f"rasterize {size}x{size} B={batch} F={faces.shape[0]}", "images", [
+        Contender("synfiqa native", lambda: rasterize(verts, faces, size, size, impl="native"), batch, rounds=3),
+        Contender("synfiqa reference (torch)", lambda: rasterize(verts, faces, size, size, impl="reference"), batch,
+                  rounds=1),
+    ])
 
 
 # ---------------------------------------------------------------- measuring
@@ -316,7 +366,7 @@ def machine() -> dict:
             "python": platform.python_version(), "system": platform.platform()}
 
 
-def run(ops=("blur_resample", "ref_cosine", "greedy_unique"), quick: bool = False,
+def run(ops=("blur_resample", "ref_cosine", "greedy_unique", "rasterize"), quick: bool = False,
         progress: Callable[[str], None] | None = None) -> list[dict]:
     rows = []
     for comparison in comparisons(ops, quick):
@@ -350,7 +400,7 @@ def main(argv=None) -> None:
     import json
     import sys
 
-    ops = ("blur_resample", "ref_cosine", "greedy_unique")
+    ops = ("blur_resample", "ref_cosine", "greedy_unique", "rasterize")
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.baselines", description=main.__doc__)
     parser.add_argument("--op", dest="ops", action="append", choices=ops,
                         help="only this op (repeatable; default: all)")

@@ -4,7 +4,7 @@ tests/benchmarks/baselines.py, which `python -m tests.benchmarks.baselines` prin
     pytest tests/benchmarks/test_bench_ops.py --benchmark-enable --benchmark-group-by=group
 
 times the full sizes (blur 112/224 x B=64/256, ref_cosine N=1e6 x 512, greedy_unique 1e4 and
-1e5 x 512: a few minutes). Without --benchmark-enable (the default) each contender runs once
+1e5 x 512, rasterize 512x512 x 10 on a FLAME-sized mesh: a few minutes). Without --benchmark-enable (the default) each contender runs once
 on small sizes as a smoke test. Either way the native results are checked against their
 references first, so a fast wrong answer fails."""
 from __future__ import annotations
@@ -22,11 +22,13 @@ BLUR = ["synfiqa native", "synfiqa reference (torch)", "kornia batched", "origin
 COSINE = ["synfiqa native", "read the embeddings once", "synfiqa reference (torch)",
           "per-sample Python loop, torch as the original", "per-sample Python loop, numpy"]
 GREEDY = ["synfiqa native", "plain greedy loop (torch)", "blocked reference (torch float64)"]
+RASTERIZE = ["synfiqa native", "synfiqa reference (torch)"]
 
 CASES = ([(f"blur {size} B={batch}", name) for size in (112, 224) for batch in (64, 256) for name in BLUR]
          + [("ref_cosine", name) for name in COSINE]
          + [("greedy small", name) for name in GREEDY]
-         + [("greedy large", "synfiqa native")])
+         + [("greedy large", "synfiqa native")]
+         + [("rasterize", name) for name in RASTERIZE])
 
 _built: dict = {}
 
@@ -42,6 +44,8 @@ def comparison_for(case: str, full: bool) -> bench.Comparison:
             comparisons = bench.blur_comparisons(sizes=(size,), batches=(batch if full else 8,), subset=16 if full else 4)
         elif case == "ref_cosine":
             comparisons = bench.ref_cosine_comparisons(n=1_000_000 if full else 20_000, loop_rows=20_000 if full else 500)
+        elif case == "rasterize":
+            comparisons = bench.rasterize_comparisons(size=512 if full else 96, batch=10 if full else 2)
         elif case == "greedy small":
             comparisons = bench.greedy_comparisons(n_loop=10_000 if full else 1_000, n_big=0)
         else:
@@ -59,6 +63,10 @@ def check_native(comparison: bench.Comparison) -> None:
     if comparison.op == "blur_resample":
         reference = next(c for c in comparison.contenders if c.name.startswith("synfiqa reference")).fn()
         assert int((out.int() - reference.int()).abs().max()) <= 1
+    elif comparison.op == "rasterize":  # the twin: bit for bit
+        reference = next(c for c in comparison.contenders if c.name.startswith("synfiqa reference")).fn()
+        assert all(torch.equal(a, b) for a, b in zip(out, reference))
+        assert 0.2 < float((out[0] >= 0).float().mean()) < 0.8
     elif comparison.op == "ref_cosine":
         assert out.shape == (native.units,) and not bool(out.isnan().any())
         assert bool((out.abs() <= 1.0001).all())
@@ -99,3 +107,9 @@ def test_the_comparison_table_prints_every_contender_and_its_ratio(capsys):
     assert all(row["throughput"] > 0 and row["unit"] == "rows" for row in rows.values())
     table = bench.format_table(report["rows"])
     assert "| greedy_unique N=3e+03 D=512 | plain greedy loop (torch) |" in table
+
+
+def test_rasterize_benchmark_mesh_is_flame_sized():
+    verts, faces = bench.flame_sized_mesh(2)
+    assert verts.shape == (2, 5002, 3) and faces.shape == (10000, 3)
+    assert int(faces.min()) == 0 and int(faces.max()) == 5001
