@@ -15,7 +15,7 @@ BENCH_HINT = ("The benchmarks against the baselines need a source checkout of sy
 
 @click.group("ops", epilog=BENCH_HINT)
 def ops_group():
-    """The compiled ops (blur_resample, ref_cosine, greedy_unique): status and build."""
+    """The compiled ops (blur_resample, ref_cosine, greedy_unique, rasterize): status and build."""
 
 
 @ops_group.command("status")

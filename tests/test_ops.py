@@ -424,7 +424,7 @@ def test_fake_kernels_give_shapes_without_running():
 def test_status_names_every_op_and_its_backend():
     report = ops.status()
     cpu = {row["op"]: row for row in report["ops"] if row["device"] == "cpu"}
-    assert set(cpu) == {"blur_resample", "ref_cosine", "greedy_unique"}
+    assert set(cpu) == {"blur_resample", "ref_cosine", "greedy_unique", "rasterize"}
     assert all(row["backend"] == "native" and ".so" in row["reason"] for row in cpu.values())
 
 

@@ -17,7 +17,7 @@ def test_ops_build_then_status_reports_every_op_native_on_cpu():
     assert status.exit_code == 0, status.output
     rows = json.loads(status.output)["ops"]
     cpu = {row["op"]: row["backend"] for row in rows if row["device"] == "cpu"}
-    assert cpu == {"blur_resample": "native", "ref_cosine": "native", "greedy_unique": "native"}
+    assert cpu == {"blur_resample": "native", "ref_cosine": "native", "greedy_unique": "native", "rasterize": "native"}
     text = runner.invoke(cli, ["ops", "status"])
     assert text.exit_code == 0 and "greedy_unique" in text.output and "native" in text.output
 
