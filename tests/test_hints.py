@@ -255,7 +255,7 @@ def write_example(path="docs/hints_example.png", size=256):
         model = hm.load_generic_model(Path(folder) / "generic_model.pkl")
         flame = hm.Flame(model, hm.load_landmark_embedding(Path(folder) / "landmark_embedding.npy"),
                          n_shape=N_SHAPE, n_exp=N_EXP)
-    spec = plan_entry(13, "synthetic", 0, "example")
+    spec = plan_entry(31, "synthetic", 0, "example")  # yaw +22, bright light
     h = render_hints(flame, tiny_texture(), torch.zeros(N_SHAPE), spec, size, uv=uv_layout(model))
     Image.fromarray(hints_grid(h)).save(path)
     return spec
