@@ -1,6 +1,7 @@
 """The one path from a photo to an aligned face crop, used by every command that detects
 faces (build, filter, degrade, score, evaluate), so a photo gets the same crop and, when it has
-none, the same reason code everywhere.
+none, the same reason code everywhere. `detect_and_align` works on a decoded photo;
+`CropMaker` reads an image item (a file, or encoded bytes) first, or takes it as an aligned crop.
 
     photo -> (too small for the detector?) -> detect -> the main face -> align to the
     ArcFace template -> (upside down? turn the photo and align again) -> FaceCrop
@@ -15,12 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from synfiqa import protocols
-from synfiqa.align import align_face, apply_transform, upside_down
+from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform, upside_down
 from synfiqa.errors import BadInputError
+from synfiqa.images import ImageItem, decode_image, read_rgb
 from synfiqa.models import DetectedFace, pick_main_face
 
+
+
+CROP_SIZE = 112  # what CropMaker gives the models: the ArcFace template's size
 
 
 @dataclass(frozen=True)
@@ -81,3 +87,34 @@ def _detect(detector, image: np.ndarray, name: str) -> list:
         return detector.detect(image)
     except Exception as error:  # a detector that chokes on one odd image must not stop a whole folder
         raise BadInputError("detection-failed", f"{name}: the face detector failed ({error!r})") from None
+
+
+class CropMaker:
+    """One 112x112 ArcFace-aligned RGB crop per image. With ``aligned`` the image is taken as
+    a crop already (resized to 112x112 when it is not that size, as CR-FIQA's inference
+    script does); otherwise the main face is detected and aligned to the five-point template."""
+
+    def __init__(self, aligned: bool, detector=None):
+        if not aligned and detector is None:
+            raise ValueError("a detector is needed unless the images are aligned crops")
+        self.aligned = aligned
+        self.detector = detector
+
+    def load(self, item: ImageItem) -> np.ndarray:
+        if item.data is not None:
+            return decode_image(item.data, item.name)
+        return read_rgb(item.path)
+
+    def crop(self, item: ImageItem) -> np.ndarray:
+        return self.crop_and_landmarks(item)[0]
+
+    def crop_and_landmarks(self, item: ImageItem) -> tuple[np.ndarray, np.ndarray]:
+        """The crop and its five landmarks in crop coordinates (for an aligned crop, the
+        template's: that is where alignment put them)."""
+        image = self.load(item)
+        if self.aligned:
+            if image.shape[:2] != (CROP_SIZE, CROP_SIZE):
+                image = np.asarray(Image.fromarray(image).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR))
+            return image, ARCFACE_TEMPLATE_112.astype(np.float64)
+        found = detect_and_align(image, self.detector, CROP_SIZE, item.name)
+        return found.crop, found.landmarks

@@ -14,13 +14,14 @@ import io
 import math
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
-from synfiqa.errors import BadInputError
+from synfiqa.errors import BadInputError, DataFileError
 
 # The most pixels a decoded photo holds: 25 MP passes the 24-megapixel photos of most
 # cameras (6000 x 4000, 6016 x 4016) untouched; a larger one is decoded reduced, by the
@@ -178,3 +179,46 @@ def encode_png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- image files as inputs of a command
+
+@dataclass(frozen=True)
+class ImageItem:
+    name: str                 # how the image is reported and matched against pairs
+    path: Path | None = None
+    data: bytes | None = None  # an encoded image (from an insightface .bin)
+
+
+def collect_images(paths: list[str | Path]) -> list[ImageItem]:
+    """Files as given; folders walked recursively (sorted), their images named relative to
+    the folder, so that the names match a benchmark's pairs file (``person/person_0001.jpg``)."""
+    items: list[ImageItem] = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            items += [ImageItem(p.relative_to(path).as_posix(), p) for p in found]
+        elif path.is_file():
+            items.append(ImageItem(str(given), path))
+        else:
+            raise DataFileError(f"{str(given)!r}: no such file or folder")
+    return items
+
+
+def items_under(root: str | Path, names: list[str]) -> list[ImageItem]:
+    """Images a pairs file names, as files below a root folder."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataFileError(f"image folder {str(root)!r} does not exist")
+    return [ImageItem(name, root / name) for name in names]
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    try:
+        return decode_rgb(data, name)
+    except BadInputError as error:
+        if error.reason in ("image-too-large", "too-small"):
+            raise
+        raise BadInputError("unreadable-image", f"{name}: cannot decode the image ({error})") from None

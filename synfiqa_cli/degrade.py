@@ -26,7 +26,8 @@ def degrade(paths, out, count, aligned, detector, seed, progress, config_path, o
     with their reason. A rerun with the same settings resumes."""
     from synfiqa.stages.s4_degrade import degrade_folder
     from synfiqa.errors import ConfigError
-    from synfiqa.stages.s7_evaluate.image_quality import CropMaker, ImageItem, collect_images
+    from synfiqa.faces import CropMaker
+    from synfiqa.images import ImageItem, collect_images
     from synfiqa.registry import get_registry
 
     config = resolve_config(config_path, overrides, {"run.seed": seed})

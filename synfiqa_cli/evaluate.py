@@ -151,7 +151,7 @@ class _Models:
         return dataset_items(pair_list, dataset.images)
 
     def crop_maker(self, pair_list):
-        from synfiqa.stages.s7_evaluate.image_quality import CropMaker
+        from synfiqa.faces import CropMaker
 
         aligned = self.aligned or pair_list.encoded_images is not None
         if aligned:
@@ -165,7 +165,7 @@ class _Models:
         return CropMaker(False, self._built["detector"])
 
     def embeddings(self, pair_list, items, batch_size, progress):
-        from synfiqa.stages.s7_evaluate.image_quality import resolve_model
+        from synfiqa.batch_inference import resolve_model
         from synfiqa.stages.s7_evaluate.spec import compute_embeddings
 
         if "embedder" not in self._built:
@@ -174,7 +174,7 @@ class _Models:
                                   batch_size, progress)
 
     def scorer_list(self):
-        from synfiqa.stages.s7_evaluate.image_quality import resolve_model
+        from synfiqa.batch_inference import resolve_model
 
         for spec in self.scorers:
             if ("scorer", spec) not in self._built:

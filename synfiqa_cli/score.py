@@ -42,7 +42,9 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
     from synfiqa.config import device_problem
     from synfiqa.context import create_on_device
     from synfiqa.errors import ConfigError
-    from synfiqa.stages.s7_evaluate.image_quality import CropMaker, collect_images, resolve_model, run_model
+    from synfiqa.faces import CropMaker
+    from synfiqa.images import collect_images
+    from synfiqa.batch_inference import resolve_model, run_model
     from synfiqa.registry import get_registry
 
     problem = device_problem(device)
@@ -77,7 +79,7 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
 def score_against_references(items, references, aligned, out, detector, device, progress, config_path, overrides,
                              registry) -> None:
     from synfiqa.context import create_on_device
-    from synfiqa.stages.s7_evaluate.image_quality import CropMaker
+    from synfiqa.faces import CropMaker
     from synfiqa.progress import progress as progress_bar
     from synfiqa.stages.s6_score import score_with_references
 

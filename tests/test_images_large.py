@@ -91,7 +91,7 @@ def test_a_photo_over_the_limit_is_a_recorded_skip_not_a_bomb_error(tmp_path, ma
 
 
 def test_an_encoded_image_over_the_limit_is_a_recorded_skip():
-    from synfiqa.stages.s7_evaluate.image_quality import decode_image
+    from synfiqa.images import decode_image
 
     with pytest.raises(BadInputError) as caught:
         decode_image(jpeg_declaring(HUGE), "bin#7")
@@ -221,7 +221,7 @@ def test_files_pillow_cannot_decode_are_not_image_paths(name):
 
 
 def test_a_folder_of_ppm_and_pgm_photos_is_collected(tmp_path, faces_dir):
-    from synfiqa.stages.s7_evaluate.image_quality import collect_images
+    from synfiqa.images import collect_images
 
     photo = Image.open(faces_dir / "macron_1.jpg")
     photo.save(tmp_path / "00001.ppm")

@@ -115,7 +115,9 @@ class _FakeDetector:
 
 
 def test_batches_keep_order_and_a_failing_detector_costs_one_image(tmp_path):
-    from synfiqa.stages.s7_evaluate.image_quality import CropMaker, ImageItem, run_model
+    from synfiqa.faces import CropMaker
+    from synfiqa.images import ImageItem
+    from synfiqa.batch_inference import run_model
 
     for value in range(5):
         Image.new("RGB", (112, 112), (value * 40, 0, 0)).save(tmp_path / f"{value}.png")

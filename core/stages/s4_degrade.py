@@ -23,7 +23,8 @@ import torch
 from synfiqa.config import component_params
 from synfiqa.degradation import DegradationChain
 from synfiqa.errors import BadInputError
-from synfiqa.stages.s7_evaluate.image_quality import CropMaker, ImageItem
+from synfiqa.faces import CropMaker
+from synfiqa.images import ImageItem
 from synfiqa.images import encode_png
 from synfiqa.progress import progress as progress_bar
 from synfiqa.store import StageFolder, append_rows, read_rows, write_atomic

@@ -31,7 +31,9 @@ from synfiqa.annotation import SampleTable
 from synfiqa.context import RunContext
 from synfiqa.errors import BadInputError, ConfigError
 from synfiqa.layout import reference_index
-from synfiqa.stages.s7_evaluate.image_quality import CropMaker, ImageItem, ImageOutcome, collect_images
+from synfiqa.faces import CropMaker
+from synfiqa.images import ImageItem, collect_images
+from synfiqa.batch_inference import ImageOutcome
 
 NO_INTENSITIES = "sd ranks the measured |yaw| only: image files carry no recorded degradation intensities"
 

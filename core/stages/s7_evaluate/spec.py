@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synfiqa.errors import ConfigError, DataFileError
-from synfiqa.stages.s7_evaluate.image_quality import CropMaker, ImageItem, ImageOutcome, items_under, run_model
+from synfiqa.faces import CropMaker
+from synfiqa.images import ImageItem, items_under
+from synfiqa.batch_inference import ImageOutcome, run_model
 from synfiqa.stages.s7_evaluate.inputs import (EmbeddingTable, QualityTable, embedding_table, quality_table,
                                        read_embeddings, read_quality)
 from synfiqa.stages.s7_evaluate.pairs import PairList, read_pairs
