@@ -58,10 +58,10 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
     similarities of the embeddings. Prints one table per dataset (and their mean) in the
     layout of the MR-FIQA leaderboard."""
     from synfiqa.errors import ConfigError
-    from synfiqa.stages.s7_evaluate import report
-    from synfiqa.stages.s7_evaluate.dataset import evaluate_dataset
-    from synfiqa.stages.s7_evaluate.inputs import write_embeddings
-    from synfiqa.stages.s7_evaluate.spec import (DatasetSpec, load_embeddings, load_pairs, load_qualities,
+    from synfiqa.stages.s8_evaluate import report
+    from synfiqa.stages.s8_evaluate.dataset import evaluate_dataset
+    from synfiqa.stages.s8_evaluate.inputs import write_embeddings
+    from synfiqa.stages.s8_evaluate.spec import (DatasetSpec, load_embeddings, load_pairs, load_qualities,
                                          parse_quality_option, quality_method_name, read_spec)
 
     protocol = protocol.upper()
@@ -124,7 +124,7 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
     if markdown_path:
         _write(markdown_path, report.to_markdown(results))
     if plot_path:
-        from synfiqa.stages.s7_evaluate.plot import plot_edc
+        from synfiqa.stages.s8_evaluate.plot import plot_edc
 
         plot_edc(results, plot_path)
     for result in results:
@@ -146,7 +146,7 @@ class _Models:
         return get_registry()
 
     def items(self, pair_list, dataset):
-        from synfiqa.stages.s7_evaluate.spec import dataset_items
+        from synfiqa.stages.s8_evaluate.spec import dataset_items
 
         return dataset_items(pair_list, dataset.images)
 
@@ -166,7 +166,7 @@ class _Models:
 
     def embeddings(self, pair_list, items, batch_size, progress):
         from synfiqa.batch_inference import resolve_model
-        from synfiqa.stages.s7_evaluate.spec import compute_embeddings
+        from synfiqa.stages.s8_evaluate.spec import compute_embeddings
 
         if "embedder" not in self._built:
             self._built["embedder"] = resolve_model("embedder", self.embedder_spec, self.device, self._registry())[0]
@@ -183,7 +183,7 @@ class _Models:
             yield label, model
 
     def quality(self, pair_list, items, scorer, label, batch_size, progress):
-        from synfiqa.stages.s7_evaluate.spec import compute_quality
+        from synfiqa.stages.s8_evaluate.spec import compute_quality
 
         return compute_quality(pair_list, items, self.crop_maker(pair_list), scorer, label, batch_size, progress)
 

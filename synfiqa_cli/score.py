@@ -81,7 +81,7 @@ def score_against_references(items, references, aligned, out, detector, device, 
     from synfiqa.context import create_on_device
     from synfiqa.faces import CropMaker
     from synfiqa.progress import progress as progress_bar
-    from synfiqa.stages.s6_score import score_with_references
+    from synfiqa.stages.s7_score import score_with_references
 
     # --device is run.device: the config's models (RunContext) and the detector run on it
     config = resolve_config(config_path, overrides, {"run.device": None if device == "auto" else device})

@@ -201,7 +201,7 @@ def test_score_with_a_bad_checkpoint_file(bad_file, faces_dir):
 
 
 def tiny_bin(folder):
-    from synfiqa.stages.s7_evaluate.pairs import write_insightface_bin
+    from synfiqa.stages.s8_evaluate.pairs import write_insightface_bin
 
     rng = np.random.default_rng(0)
     encoded = []

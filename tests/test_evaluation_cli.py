@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from synfiqa.stages.s7_evaluate import protocol_a, protocol_b
-from synfiqa.stages.s7_evaluate.pairs import write_insightface_bin
+from synfiqa.stages.s8_evaluate import protocol_a, protocol_b
+from synfiqa.stages.s8_evaluate.pairs import write_insightface_bin
 
 
 def run(*args, expect=0):

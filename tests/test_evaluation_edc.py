@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from synfiqa.stages.s7_evaluate.edc import (EvaluationWarning, fixed_threshold, protocol_a, protocol_b, stepwise_area,
+from synfiqa.stages.s8_evaluate.edc import (EvaluationWarning, fixed_threshold, protocol_a, protocol_b, stepwise_area,
                                     theoretical_best_area, trapezoid_area)
 
 # A hand-sized case. Columns: similarity, genuine, pair quality.
@@ -79,7 +79,7 @@ def test_fixed_threshold_counts_ties_on_the_safe_side():
 
 
 def test_closest_fmr_prefers_the_lowest_threshold_among_equals():
-    from synfiqa.stages.s7_evaluate.edc import closest_fmr_index
+    from synfiqa.stages.s8_evaluate.edc import closest_fmr_index
 
     false_matches = np.array([4, 3, 2, 2, 1, 0])  # per distinct threshold, ascending thresholds
     assert closest_fmr_index(false_matches, 4, 0.25) == 4        # FMR 1/4 exactly
@@ -90,7 +90,7 @@ def test_closest_fmr_prefers_the_lowest_threshold_among_equals():
 
 
 def test_angular_distance_orders_pairs_like_the_cosine():
-    from synfiqa.stages.s7_evaluate.comparison import angular_distance
+    from synfiqa.stages.s8_evaluate.comparison import angular_distance
 
     scores, genuine, rng = synthetic(9, n=2000)
     cosine = np.tanh(scores)  # inside (-1, 1)
@@ -248,7 +248,7 @@ def test_ties_are_discarded_together_in_protocol_b():
 
 
 def test_pair_order_and_pair_quality_symmetry():
-    from synfiqa.stages.s7_evaluate.edc import pair_quality_of
+    from synfiqa.stages.s8_evaluate.edc import pair_quality_of
 
     a, b = np.array([0.3, 0.9, 0.5]), np.array([0.7, 0.2, 0.5])
     np.testing.assert_array_equal(pair_quality_of(a, b), [0.3, 0.2, 0.5])

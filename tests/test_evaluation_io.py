@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from synfiqa.errors import DataFileError
-from synfiqa.stages.s7_evaluate import evaluate_dataset, read_embeddings, read_pairs, read_quality
-from synfiqa.stages.s7_evaluate.inputs import NameIndex, embedding_table, quality_table
-from synfiqa.stages.s7_evaluate.pairs import read_insightface_bin, write_insightface_bin
+from synfiqa.stages.s8_evaluate import evaluate_dataset, read_embeddings, read_pairs, read_quality
+from synfiqa.stages.s8_evaluate.inputs import NameIndex, embedding_table, quality_table
+from synfiqa.stages.s8_evaluate.pairs import read_insightface_bin, write_insightface_bin
 
 
 def write(path, text):
@@ -33,7 +33,7 @@ def test_csv_pairs(tmp_path):
 
 
 def test_fast_and_careful_csv_paths_agree(tmp_path):
-    from synfiqa.stages.s7_evaluate.pairs import _parse_simple_csv, parse_csv
+    from synfiqa.stages.s8_evaluate.pairs import _parse_simple_csv, parse_csv
 
     text = "image_a,image_b,genuine\n" + "".join(f"p{i}/a.jpg, p{i % 7}/b.jpg ,{'yes' if i % 3 else 0}\n" for i in range(50))
     fast = _parse_simple_csv(text, "p.csv")

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from click.testing import CliRunner
 
-from synfiqa.stages.s3_plan import SyntheticBank
+from synfiqa.stages.s3_synthesize.plan import SyntheticBank
 from synfiqa_plugins import headmodel as hm
 from synfiqa_plugins.headmodel.hints import hints_grid, plan_entry, render_hints, render_hints_batch, uv_layout
 from tests.test_headmodel import N_EXP, N_SHAPE, dump_with_fake_chumpy, tiny_landmarks, tiny_model
@@ -131,7 +131,7 @@ def test_yaw_moves_the_nose_and_the_silhouette_to_the_image_right(head):
     s = hm.REFERENCE_SCALE
     expected = [(s * float(world[0]) + 1) / 2 * SIZE, (-s * float(world[1]) + 1) / 2 * SIZE]
     torch.testing.assert_close(a.landmarks[NOSE].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-3, rtol=0)
-    # +30 deg yaw (s3_plan: the nose turns to +x, the image's right)
+    # +30 deg yaw (s3_synthesize.plan: the nose turns to +x, the image's right)
     assert float(b.landmarks[NOSE, 0]) - float(a.landmarks[NOSE, 0]) > 0.1 * SIZE
     assert abs(float(b.landmarks[NOSE, 1]) - float(a.landmarks[NOSE, 1])) < 1.0
     assert centroid_x(b.alpha) - centroid_x(a.alpha) > 0.5

@@ -1,4 +1,4 @@
-"""The Stage-3 plan (synfiqa.stages.s3_plan): the DICT_DECA_DEG_REF.json reader, the synthetic
+"""The Stage-3 plan (synfiqa.stages.s3_synthesize.plan): the DICT_DECA_DEG_REF.json reader, the synthetic
 bank, seeding, prompts. Expected values are written by hand, not computed by the module.
 
 Run as a script (``python tests/test_plan.py OUT.png``) it draws docs/plan_synthetic_bank.png."""
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from synfiqa.errors import DataFileError
-from synfiqa.stages.s3_plan import (NEGATIVE_PROMPT, REFERENCE_PROMPT, SCENES, Bank, DecaBank,
+from synfiqa.stages.s3_synthesize.plan import (NEGATIVE_PROMPT, REFERENCE_PROMPT, SCENES, Bank, DecaBank,
                                     SyntheticBank, plan_identity)
 
 DEG30 = math.pi / 6  # 30 degrees in radians

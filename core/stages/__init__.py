@@ -2,12 +2,12 @@
 
     s1_generate    identities from a generator (a folder of photos, or a generative model)
     s2_filter      identity filters (yaw, glasses, expression, uniqueness), each decision recorded
-    s3_plan        the Stage-2 plan: R reference and D degraded specs per identity (pose, expression,
-                   light, framing, prompt) from a bank; not wired into the build yet
+    s3_synthesize  Stage 2: the plan of R reference and D degraded specs per identity (pose, expression,
+                   light, framing, prompt; plan.py), and the backend that turns it into face crops
     s4_degrade     the degradation chain over aligned faces, every parameter recorded
     s5_annotate    the MR label: fr, sd, vl per sample, then dataset-wide ranks and min-max
-    s6_score       quality scores of any photos: FIQA networks or the MR label with references
-    s7_evaluate    EDC / pAUC of a quality score against face recognition
+    s7_score       quality scores of any photos: FIQA networks or the MR label with references
+    s8_evaluate    EDC / pAUC of a quality score against face recognition
     build          runs s1, s2, the per-identity work (align, references, s4, s5) and the
                    dataset-wide step into one SynFIQA dataset
 

@@ -1,8 +1,8 @@
 """Conditioning hints of a posed FLAME head (STAGE2 sections 3.4-3.5), as DECA's ``SRenderY``
 renders them, through synfiqa's own rasteriser (``synfiqa.ops.rasterize``).
 
-Pose (from a Stage-3 :class:`~synfiqa.stages.s3_plan.Spec`): the global axis-angle is
-``Spec.global_axis_angle()`` (``R = Rz(roll) Ry(yaw) Rx(pitch)``, s3_plan's conventions:
+Pose (from a Stage-3 :class:`~synfiqa.stages.s3_synthesize.plan.Spec`): the global axis-angle is
+``Spec.global_axis_angle()`` (``R = Rz(roll) Ry(yaw) Rx(pitch)``, s3_synthesize.plan's conventions:
 positive yaw turns the nose to +x, the image's right); the jaw opens by ``Spec.jaw`` degrees
 about +x (the synthetic bank's axis; a DECA bank entry's own jaw axis is not used); the first
 ``flame.n_exp`` expression coefficients (zeros beyond the spec's 50).
@@ -278,7 +278,7 @@ def hints_grid(hints: Hints):
 def plan_entry(index: int, plan: str = "synthetic", seed: int = 0, identity: str = "identity", references: int = 10):
     """Entry `index` of the identity's plan: references 0..R-1, then degraded samples."""
     from synfiqa.errors import ConfigError
-    from synfiqa.stages.s3_plan import DecaBank, SyntheticBank, plan_identity
+    from synfiqa.stages.s3_synthesize.plan import DecaBank, SyntheticBank, plan_identity
 
     if index < 0:
         raise ConfigError(f"--index must be >= 0, got {index}")

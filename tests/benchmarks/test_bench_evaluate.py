@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synfiqa.stages.s7_evaluate.comparison import cosine_scores
-from synfiqa.stages.s7_evaluate.edc import protocol_a, protocol_b
+from synfiqa.stages.s8_evaluate.comparison import cosine_scores
+from synfiqa.stages.s8_evaluate.edc import protocol_a, protocol_b
 
 PAIRS = 1_000_000
 

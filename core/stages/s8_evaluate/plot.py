@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from synfiqa.stages.s7_evaluate.dataset import DatasetResult
-from synfiqa.stages.s7_evaluate.report import fmr_label, method_names
+from synfiqa.stages.s8_evaluate.dataset import DatasetResult
+from synfiqa.stages.s8_evaluate.report import fmr_label, method_names
 from synfiqa.store import write_atomic
 
 PANEL_SIZE = (440, 330)

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from synfiqa.stages.s7_evaluate.comparison import cosine_scores
-from synfiqa.stages.s7_evaluate.edc import (DEFAULT_DISCARD_LIMIT, FMR_TARGETS, CurveResult, EvaluationWarning, edc,
+from synfiqa.stages.s8_evaluate.comparison import cosine_scores
+from synfiqa.stages.s8_evaluate.edc import (DEFAULT_DISCARD_LIMIT, FMR_TARGETS, CurveResult, EvaluationWarning, edc,
                                     pair_quality_of)
-from synfiqa.stages.s7_evaluate.inputs import EmbeddingTable, QualityTable
-from synfiqa.stages.s7_evaluate.pairs import PairList
+from synfiqa.stages.s8_evaluate.inputs import EmbeddingTable, QualityTable
+from synfiqa.stages.s8_evaluate.pairs import PairList
 
 
 @dataclass

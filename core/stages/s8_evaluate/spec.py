@@ -6,7 +6,7 @@ A spec file::
 
     [[dataset]]
     name = "lfw"
-    pairs = "lfw.bin"                # any format of synfiqa.stages.s7_evaluate.pairs
+    pairs = "lfw.bin"                # any format of synfiqa.stages.s8_evaluate.pairs
     embeddings = "emb/lfw.npz"       # optional when an embedder is given
     images = "lfw_aligned/"          # optional: where the pairs' images are (not for .bin)
     [dataset.quality]                # optional when FIQA models are given
@@ -24,9 +24,9 @@ from synfiqa.errors import ConfigError, DataFileError
 from synfiqa.faces import CropMaker
 from synfiqa.images import ImageItem, items_under
 from synfiqa.batch_inference import ImageOutcome, run_model
-from synfiqa.stages.s7_evaluate.inputs import (EmbeddingTable, QualityTable, embedding_table, quality_table,
+from synfiqa.stages.s8_evaluate.inputs import (EmbeddingTable, QualityTable, embedding_table, quality_table,
                                        read_embeddings, read_quality)
-from synfiqa.stages.s7_evaluate.pairs import PairList, read_pairs
+from synfiqa.stages.s8_evaluate.pairs import PairList, read_pairs
 
 
 @dataclass

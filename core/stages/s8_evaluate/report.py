@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from synfiqa.stages.s7_evaluate.dataset import DatasetResult
+from synfiqa.stages.s8_evaluate.dataset import DatasetResult
 
 
 def fmr_label(target: float) -> str:

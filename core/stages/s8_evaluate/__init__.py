@@ -1,12 +1,12 @@
 """Evaluation of face image quality: EDC curves and pAUC under the CR-FIQA/MR-FIQA
 protocol (A) and ISO/IEC 29794-1 (B), readers for the common benchmark formats, tables in
 the MR-FIQA leaderboard's layout and EDC plots. numpy only; models load elsewhere."""
-from synfiqa.stages.s7_evaluate.dataset import DatasetResult, MethodResult, evaluate_dataset
-from synfiqa.stages.s7_evaluate.edc import (DEFAULT_DISCARD_LIMIT, FMR_TARGETS, PROTOCOLS, CurveResult, EvaluationWarning,
+from synfiqa.stages.s8_evaluate.dataset import DatasetResult, MethodResult, evaluate_dataset
+from synfiqa.stages.s8_evaluate.edc import (DEFAULT_DISCARD_LIMIT, FMR_TARGETS, PROTOCOLS, CurveResult, EvaluationWarning,
                                     edc, pair_quality_of, protocol_a, protocol_b)
-from synfiqa.stages.s7_evaluate.inputs import (EmbeddingTable, QualityTable, embedding_table, quality_table,
+from synfiqa.stages.s8_evaluate.inputs import (EmbeddingTable, QualityTable, embedding_table, quality_table,
                                        read_embeddings, read_quality)
-from synfiqa.stages.s7_evaluate.pairs import PairList, read_pairs
+from synfiqa.stages.s8_evaluate.pairs import PairList, read_pairs
 
 __all__ = [
     "CurveResult", "DatasetResult", "DEFAULT_DISCARD_LIMIT", "EmbeddingTable", "EvaluationWarning", "FMR_TARGETS",
