@@ -38,11 +38,11 @@ def quiet(function, *args, **kwargs):
 def test_protocol_a_by_hand():
     # FMR target 0.25 with 4 impostors. At u=0 the distinct scores give FMR 1, .75, .5, .5, .25,
     # .25, 0, 0; the closest to .25 is the plateau {0.4, 0.7}, and its lowest threshold 0.4
-    # rejects one genuine of four. Dropping the worst pair (q=0.1, a genuine) leaves 1/3.
-    # Dropping two (also the 0.7 impostor) leaves impostors 0.3, 0.1, 0.0: t=0.2 gives FMR 1/3,
-    # closer to .25 than FMR 0, and no genuine lies below 0.2.
+    # rejects one genuine of four below it (the "inclusive" rule). Dropping the worst pair
+    # (q=0.1, a genuine) leaves 1/3. Dropping two (also the 0.7 impostor) leaves impostors 0.3,
+    # 0.1, 0.0: t=0.2 gives FMR 1/3, closer to .25 than FMR 0, and no genuine lies below 0.2.
     with pytest.warns(EvaluationWarning, match="no genuine or no impostor"):  # 8 pairs: the last levels keep 1
-        [curve] = protocol_a(SCORES, GENUINE, QUALITY, fmr_targets=[0.25])
+        [curve] = protocol_a(SCORES, GENUINE, QUALITY, fmr_targets=[0.25], tie_rule="inclusive")
     expected = [1 / 4] * 3 + [1 / 3] * 2 + [0.0] * 13 + [np.nan] * 2
     np.testing.assert_allclose(curve.fnmr, expected)
     assert curve.threshold[0] == 0.4 and curve.threshold[5] == 0.2
@@ -55,10 +55,31 @@ def test_protocol_a_by_hand():
     assert np.isnan(curve.auc)  # the full-grid area runs into the levels without impostors
 
 
+def test_protocol_a_by_hand_erc_rule():
+    # The same thresholds; erc.py also rejects the genuine pair sitting on the threshold.
+    # Levels 0-2 (t=0.4, the genuine 0.4 itself): 0.2 and 0.4 of four genuines, 2/4. Levels 3-4
+    # (the 0.9 genuine gone): 2/3. Levels 5-7 (t=0.2, a genuine): 0.2 of three, 1/3. Levels 8-9
+    # (floor(8*8/20) = 3 pairs gone, 0.4 too): impostors 0.3, 0.1, 0.0, FMR 1/3 closest, t=0.2:
+    # the genuine 0.2 of {0.2, 0.8}, 1/2. Levels 10-14: the genuine 0.8 alone, t=0.3: 0. Levels
+    # 15-17: the genuine 0.8 and the impostor 0.1; FMR 0 (|0 - .25|) beats FMR 1, t=0.8: the
+    # genuine on it is rejected, 1/1.
+    with pytest.warns(EvaluationWarning, match="no genuine or no impostor"):
+        [curve] = protocol_a(SCORES, GENUINE, QUALITY, fmr_targets=[0.25])
+    expected = [1 / 2] * 3 + [2 / 3] * 2 + [1 / 3] * 3 + [1 / 2] * 2 + [0.0] * 5 + [1.0] * 3 + [np.nan] * 2
+    np.testing.assert_allclose(curve.fnmr, expected)
+    assert list(curve.threshold[[0, 5, 8, 15]]) == [0.4, 0.2, 0.2, 0.8]
+    half, two_thirds, third = Fraction(1, 2), Fraction(2, 3), Fraction(1, 3)
+    points = [half, half, half, two_thirds, two_thirds, third, third]  # u = 0, 0.05, ..., 0.3
+    area = sum(Fraction(1, 20) * (left + right) / 2 for left, right in zip(points, points[1:]))
+    assert area == Fraction(37, 240)
+    assert curve.area == pytest.approx(float(area), abs=1e-15)
+    assert curve.pauc == pytest.approx(float(area / (Fraction(3, 10) * half)), abs=1e-12)
+
+
 def test_protocol_b_by_hand():
-    # Impostors 0.7, 0.3, 0.1, 0.0; FMR 0.25 allows one false match: tau = 0.3 (match iff > 0.3).
-    # Genuines by quality: 0.9 ok, 0.4 ok, 0.2 error, 0.8 ok -> FNMR 1/4, 1/3, 1/2, 0/1.
-    [curve] = quiet(protocol_b, SCORES, GENUINE, QUALITY, fmr_targets=[0.25])
+    # Impostors 0.7, 0.3, 0.1, 0.0; FMR 0.25 allows one false match. kth-strict: tau = 0.3 (match
+    # iff > 0.3). Genuines by quality: 0.9 ok, 0.4 ok, 0.2 error, 0.8 ok -> FNMR 1/4, 1/3, 1/2, 0/1.
+    [curve] = quiet(protocol_b, SCORES, GENUINE, QUALITY, fmr_targets=[0.25], threshold_rule="kth-strict")
     assert curve.threshold[0] == 0.3 and curve.achieved_fmr[0] == 0.25
     np.testing.assert_allclose(curve.discard, [0, 0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(curve.fnmr, [1 / 4, 1 / 3, 1 / 2, 0, 0])
@@ -66,16 +87,32 @@ def test_protocol_b_by_hand():
     assert curve.best == pytest.approx(0.25 ** 2 / 2)          # the limit 0.3 lies beyond E0 = 0.25
     assert curve.value == curve.area
     assert curve.auc == pytest.approx(0.25 * (1 / 4 + 1 / 3 + 1 / 2 + 0))
-    [subtracted] = quiet(protocol_b, SCORES, GENUINE, QUALITY, fmr_targets=[0.25], subtract_best=True)
+    [subtracted] = quiet(protocol_b, SCORES, GENUINE, QUALITY, fmr_targets=[0.25], subtract_best=True,
+                         threshold_rule="kth-strict")
     assert subtracted.value == pytest.approx(curve.area - curve.best)
+    # iso: tau = imp[4 - 1] = 0.7 (match iff >= 0.7), the same FMR 1/4; now the genuine 0.4
+    # fails too: by quality 0.9 ok, 0.4 error, 0.2 error, 0.8 ok -> 2/4, 2/3, 1/2, 0/1.
+    [iso] = quiet(protocol_b, SCORES, GENUINE, QUALITY, fmr_targets=[0.25])
+    assert iso.threshold[0] == 0.7 and iso.achieved_fmr[0] == 0.25
+    np.testing.assert_allclose(iso.fnmr, [1 / 2, 2 / 3, 1 / 2, 0, 0])
+    assert iso.area == pytest.approx(0.25 * 0.5 + (2 / 3) * 0.05)
 
 
 def test_fixed_threshold_counts_ties_on_the_safe_side():
-    assert fixed_threshold(np.array([0.9, 0.5, 0.5, 0.1]), 0.25) == (0.5, 0.25)
-    assert fixed_threshold(np.array([0.5, 0.5, 0.5, 0.1]), 0.25) == (0.5, 0.0)  # three tie at the top: none may match
-    tau, fmr = fixed_threshold(np.linspace(0, 1, 3000), 1e-3)  # 1e-3 * 3000 is 3 false matches, not 2
+    strict = {"threshold_rule": "kth-strict"}
+    assert fixed_threshold(np.array([0.9, 0.5, 0.5, 0.1]), 0.25, **strict) == (0.5, 0.25)
+    assert fixed_threshold(np.array([0.5, 0.5, 0.5, 0.1]), 0.25, **strict) == (0.5, 0.0)  # three tie at the top
+    tau, fmr = fixed_threshold(np.linspace(0, 1, 3000), 1e-3, **strict)  # 1e-3 * 3000 is 3 false matches, not 2
     assert fmr == pytest.approx(3 / 3000)
-    assert fixed_threshold(np.array([0.2, 0.1]), 1e-4) == (0.2, 0.0)  # unreachable target: zero false matches
+    assert fixed_threshold(np.array([0.2, 0.1]), 1e-4, **strict) == (0.2, 0.0)  # unreachable: zero false matches
+    # iso: match iff >= tau, tau an impostor score (or just above them all)
+    assert fixed_threshold(np.array([0.9, 0.5, 0.5, 0.1]), 0.25) == (0.9, 0.25)
+    assert fixed_threshold(np.array([0.5, 0.5, 0.5, 0.1]), 0.25) == (np.nextafter(0.5, 1), 0.0)
+    assert fixed_threshold(np.array([0.9, 0.5, 0.5, 0.1]), 0.5) == (0.9, 0.25)  # 0.5 ties below: next one up
+    assert fixed_threshold(np.array([0.9, 0.5, 0.5, 0.1]), 0.75) == (0.5, 0.75)
+    tau, fmr = fixed_threshold(np.linspace(0, 1, 3000), 1e-3)
+    assert fmr == pytest.approx(3 / 3000) and tau == np.linspace(0, 1, 3000)[2997]
+    assert fixed_threshold(np.array([0.2, 0.1]), 1e-4) == (np.nextafter(0.2, 1), 0.0)
 
 
 def test_closest_fmr_prefers_the_lowest_threshold_among_equals():
@@ -114,7 +151,7 @@ def test_areas_by_hand():
 # ---------------------------------------------------------------- naive references
 
 
-def naive_protocol_a(scores, genuine, quality, target, levels=20):
+def naive_protocol_a(scores, genuine, quality, target, levels=20, erc=True):
     """A transcription of the definition, one level at a time with np.unique thresholds."""
     order = np.argsort(quality, kind="stable")
     n = len(scores)
@@ -129,19 +166,24 @@ def naive_protocol_a(scores, genuine, quality, target, levels=20):
         thresholds = np.unique(s)
         fmr = np.array([(imp >= t).sum() for t in thresholds]) / len(imp)
         best = np.argmin(np.abs(fmr - target))
-        out.append((gen < thresholds[best]).sum() / len(gen))
+        out.append(((gen <= thresholds[best]) if erc else (gen < thresholds[best])).sum() / len(gen))
     return np.array(out)
 
 
-def naive_protocol_b(scores, genuine, quality, target):
-    imp = np.sort(scores[~genuine])[::-1]
-    tau = imp[int(np.floor(round(target * len(imp), 9)))]
+def naive_protocol_b(scores, genuine, quality, target, iso=True):
+    imp = scores[~genuine]
+    allowed = int(np.floor(round(target * len(imp), 9)))
+    if iso:  # the smallest impostor score s with #{imp >= s} <= allowed, matches iff >= s
+        candidates = [s for s in np.unique(imp) if (imp >= s).sum() <= allowed]
+        tau = min(candidates) if candidates else np.nextafter(imp.max(), np.inf)
+    else:    # the (allowed+1)-th highest, matches iff > it
+        tau = np.sort(imp)[::-1][allowed]
     gq, gs = quality[genuine], scores[genuine]
     xs, ys = [], []
     for level in np.unique(gq):
         kept = gq >= level
         xs.append(1 - kept.mean())
-        ys.append((gs[kept] <= tau).mean())
+        ys.append(((gs[kept] < tau) if iso else (gs[kept] <= tau)).mean())
     return np.array(xs), np.array(ys)
 
 
@@ -152,9 +194,11 @@ def test_protocol_a_matches_the_naive_definition(seed):
     genuine = rng.random(n) < 0.4
     scores = np.round(np.where(genuine, rng.normal(0.5, 0.2, n), rng.normal(0.1, 0.2, n)), 2)  # ties in scores
     quality = np.round(rng.random(n), 1)                                                      # ties in quality
-    curves = quiet(protocol_a, scores, genuine, quality, fmr_targets=[1e-2, 1e-1])
-    for curve, target in zip(curves, [1e-2, 1e-1]):
-        np.testing.assert_array_equal(curve.fnmr, naive_protocol_a(scores, genuine, quality, target))
+    for rule in ("erc", "inclusive"):
+        curves = quiet(protocol_a, scores, genuine, quality, fmr_targets=[1e-2, 1e-1], tie_rule=rule)
+        for curve, target in zip(curves, [1e-2, 1e-1]):
+            np.testing.assert_array_equal(curve.fnmr, naive_protocol_a(scores, genuine, quality, target,
+                                                                       erc=rule == "erc"))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -164,10 +208,12 @@ def test_protocol_b_matches_the_naive_definition(seed):
     genuine = rng.random(n) < 0.5
     scores = np.round(np.where(genuine, rng.normal(0.5, 0.2, n), rng.normal(0.1, 0.2, n)), 2)
     quality = np.round(rng.random(n), 2)
-    for curve, target in zip(quiet(protocol_b, scores, genuine, quality, fmr_targets=[1e-2, 5e-2]), [1e-2, 5e-2]):
-        xs, ys = naive_protocol_b(scores, genuine, quality, target)
-        np.testing.assert_allclose(curve.discard[:-1], xs, atol=1e-12)
-        np.testing.assert_allclose(curve.fnmr[:-1], ys, atol=1e-12)
+    for rule in ("iso", "kth-strict"):
+        curves = quiet(protocol_b, scores, genuine, quality, fmr_targets=[1e-2, 5e-2], threshold_rule=rule)
+        for curve, target in zip(curves, [1e-2, 5e-2]):
+            xs, ys = naive_protocol_b(scores, genuine, quality, target, iso=rule == "iso")
+            np.testing.assert_allclose(curve.discard[:-1], xs, atol=1e-12)
+            np.testing.assert_allclose(curve.fnmr[:-1], ys, atol=1e-12)
 
 
 # ---------------------------------------------------------------- properties
@@ -238,7 +284,7 @@ def test_ties_are_discarded_together_in_protocol_b():
     scores = np.array([0.1, 0.9, 0.2, 0.8, 0.15, 0.5, 0.6])
     genuine = np.array([1, 1, 1, 1, 1, 0, 0], dtype=bool)
     quality = np.array([1.0, 1.0, 2.0, 2.0, 3.0, 0.0, 0.0])
-    [curve] = quiet(protocol_b, scores, genuine, quality, fmr_targets=[0.5])
+    [curve] = quiet(protocol_b, scores, genuine, quality, fmr_targets=[0.5], threshold_rule="kth-strict")
     # FMR 0.5 of two impostors allows one false match: tau = 0.5. Genuine errors: 0.1, 0.2, 0.15.
     assert curve.threshold[0] == 0.5
     # Points only between quality 1|2 and 2|3: never half of a tied group.

@@ -4,25 +4,33 @@ Inputs are per pair: a similarity score (higher = more alike; the angular distan
 arccos(cos)/pi orders pairs the other way round and gives the same curves), whether the
 pair is genuine, and the pair quality (the min of its two image qualities; higher = better).
 
-Protocol A (CR-FIQA / MR-FIQA tables)
+Protocol A (CR-FIQA / MR-FIQA tables, as CR-FIQA's ERC/erc.py computes them)
     Pairs sorted by quality (stable: equal qualities keep their input order). At discard
     level k (u = k/20, k = 0..19) the floor(u*N) lowest pairs are dropped; on the rest the
-    threshold is recomputed: among the distinct remaining scores t (decision: match iff
-    score >= t) the one whose FMR is closest to the target, the lowest such t when several
-    tie (the lowest FNMR for that FMR). With fewer than about 1/FMR impostor pairs the
-    closest reachable FMR is 0: the threshold lands just above the best impostor.
+    threshold is recomputed: among the distinct remaining scores t, the one whose FMR
+    (impostors with score >= t) is closest to the target, the lowest such t when several
+    tie. With fewer than about 1/FMR impostor pairs the closest reachable FMR is 0.
+    FNMR(u) = genuines with score <= t over the genuines left: a genuine pair exactly at
+    the threshold is a non-match (``tie_rule="erc"``, the default, as erc.py: in distances,
+    a genuine matches only if d < tau). ``tie_rule="inclusive"`` (synfiqa before issue 16)
+    counts it as a match, the rule the FMR of that threshold uses.
     Reported: FNMR(u); pAUC = trapezoid area over [0, limit] / (limit * FNMR(0)), the MR-FIQA
     number (1 = no gain over not discarding); the unnormalised area; and the AUC over the
     whole grid [0, 0.95], the number CR-FIQA's own script prints.
 
 Protocol B (ISO/IEC 29794-1:2024, Schlett et al.)
-    One threshold from the impostor scores of the full set: with k = floor(FMR * impostors),
-    tau is the (k+1)-th highest impostor score and a pair matches iff score > tau, so the FMR
-    is the largest reachable value <= the target. The curve runs over genuine pairs only:
-    the x axis is the fraction of genuine pairs discarded, and pairs of equal quality leave
-    together (points only at boundaries between distinct quality values). Area: stepwise
-    (left-constant) up to the discard limit, optionally minus the area under the theoretical
-    best line max(0, E0 - x): A*(L) = E0^2/2 - max(0, E0 - L)^2/2.
+    One threshold from the impostor scores of the full set. ``threshold_rule="iso"`` (the
+    default): with the n impostors sorted ascending and k = floor(n * FMR), tau = imp[n - k]
+    (the next distinct impostor score up when imp[n - k] ties with imp[n - k - 1]; just above
+    every impostor when there is none or k = 0), and a pair matches iff score >= tau: tau is
+    the smallest impostor score s with #{impostor >= s} <= k. ``threshold_rule="kth-strict"``
+    (synfiqa before issue 16): tau is the (k+1)-th highest impostor score and a pair matches
+    iff score > tau; the same FMR, but genuines between that impostor and the next distinct
+    one up match. The curve runs over genuine pairs only: the x axis is the fraction of
+    genuine pairs discarded, and pairs of equal quality leave together (points only at
+    boundaries between distinct quality values). Area: stepwise (left-constant) up to the
+    discard limit, optionally minus the area under the theoretical best line
+    max(0, E0 - x): A*(L) = E0^2/2 - max(0, E0 - L)^2/2.
 
 Everything is sorted once and counted with cumulative sums, so a million pairs take well
 under a second (see tests/benchmarks/test_bench_evaluate.py).
@@ -32,6 +40,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -39,6 +48,9 @@ FMR_TARGETS = (1e-2, 1e-3, 1e-4)
 PROTOCOL_A_LEVELS = 20          # discard fractions k / 20 for k = 0..19: 0, 0.05, ..., 0.95
 DEFAULT_DISCARD_LIMIT = 0.3     # the MR-FIQA tables report pAUC at 30 % discard
 PROTOCOLS = ("A", "B")
+TIE_RULES = ("erc", "inclusive")              # protocol A: a genuine pair exactly at the threshold
+THRESHOLD_RULES = ("iso", "kth-strict")       # protocol B: the fixed threshold
+QUALITY_SORTS = ("stable", "numpy-default")   # protocol A: the order of pairs of equal quality
 
 
 class EvaluationWarning(UserWarning):
@@ -141,9 +153,24 @@ def closest_fmr_index(false_matches: np.ndarray, impostors: int, target: float) 
     return min(candidates, key=lambda i: (abs(false_matches[i] / impostors - target), i))
 
 
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+    return value
+
+
 def protocol_a(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
-               discard_limit: float = DEFAULT_DISCARD_LIMIT, levels: int = PROTOCOL_A_LEVELS) -> list[CurveResult]:
-    """One curve per FMR target; see the module docstring."""
+               discard_limit: float = DEFAULT_DISCARD_LIMIT, levels: int = PROTOCOL_A_LEVELS,
+               tie_rule: str = "erc", quality_sort: str = "stable") -> list[CurveResult]:
+    """One curve per FMR target; see the module docstring.
+
+    ``tie_rule``: "erc" (default) counts a genuine pair whose score equals the threshold as
+    a non-match, as CR-FIQA's ERC/erc.py; "inclusive" counts it as a match.
+    ``quality_sort``: "stable" (default) keeps pairs of equal quality in input order;
+    "numpy-default" orders them as erc.py's ``np.argsort(quality)`` does (numpy's default,
+    unstable sort: the same order only with the same numpy build and CPU)."""
+    _choice("tie rule", tie_rule, TIE_RULES)
+    _choice("quality sort", quality_sort, QUALITY_SORTS)
     scores, genuine, pair_quality = check_inputs(scores, genuine, pair_quality)
     n = len(scores)
     grid = np.arange(levels) / levels
@@ -157,7 +184,9 @@ def protocol_a(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
     if n_genuine_all and n_impostor_all:
         # Position of each pair in the quality order: the lowest floor(u*N) positions go first.
         quality_position = np.empty(n, dtype=np.int64)
-        quality_position[np.argsort(pair_quality, kind="stable")] = np.arange(n)
+        quality_order = (np.argsort(pair_quality, kind="stable") if quality_sort == "stable"
+                         else np.argsort(pair_quality))
+        quality_position[quality_order] = np.arange(n)
         by_score = np.argsort(scores)  # no stability needed: equal scores are one group below
         sorted_scores = scores[by_score]
         sorted_genuine = genuine[by_score]
@@ -165,6 +194,7 @@ def protocol_a(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
         # Groups of equal scores: a threshold is a distinct score value, and all pairs with
         # that score fall on the same side of it.
         starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+        ends = np.append(starts[1:], n)  # one past each group of equal scores
         genuine_below = np.zeros(n + 1, dtype=np.int64)
         kept_below = np.zeros(n + 1, dtype=np.int64)
         for level in range(levels):
@@ -182,9 +212,11 @@ def protocol_a(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
             at = starts[present]
             genuines_below_t = genuine_below[at]                      # genuines with score < t
             false_matches = n_impostor - (kept_below[at] - genuines_below_t)  # impostors with score >= t
+            # non-matches at t: genuines with score < t, or <= t under erc.py's rule
+            non_matches = genuines_below_t if tie_rule == "inclusive" else genuine_below[ends[present]]
             for row, target in enumerate(targets):
                 best = closest_fmr_index(false_matches, n_impostor, target)
-                fnmr[row, level] = genuines_below_t[best] / n_genuine
+                fnmr[row, level] = non_matches[best] / n_genuine
                 thresholds[row, level] = sorted_scores[at[best]]
                 achieved[row, level] = false_matches[best] / n_impostor
     if n_genuine_all == 0:
@@ -217,23 +249,47 @@ def protocol_a(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
 # ---------------------------------------------------------------- protocol B
 
 
-def fixed_threshold(impostor_scores: np.ndarray, fmr_target: float) -> tuple[float, float]:
-    """(tau, achieved FMR) with match iff score > tau: the (k+1)-th highest impostor score,
-    k = floor(FMR * impostors), so at most k impostors match."""
+def allowed_false_matches(fmr_target: float, count: int) -> int:
+    """k = floor(FMR * count) in exact arithmetic on the target as written (1e-3 * 3000 is 3,
+    where the float product gives 2.9999999999999996)."""
+    return int(math.floor(Fraction(repr(float(fmr_target))) * count))
+
+
+def fixed_threshold(impostor_scores: np.ndarray, fmr_target: float,
+                    threshold_rule: str = "iso") -> tuple[float, float]:
+    """(tau, achieved FMR) of protocol B's threshold; see the module docstring.
+
+    "iso": match iff score >= tau, tau the smallest impostor score s with
+    #{impostor >= s} <= k (just above every impostor when none qualifies).
+    "kth-strict": match iff score > tau, tau the (k+1)-th highest impostor score."""
+    _choice("threshold rule", threshold_rule, THRESHOLD_RULES)
     impostor_scores = np.asarray(impostor_scores, dtype=np.float64)
     count = len(impostor_scores)
     if count == 0:
         return math.nan, math.nan
-    allowed = int(math.floor(round(fmr_target * count, 9)))  # round: 1e-3 * 3000 must give 3, not 2
-    if allowed >= count:
-        return -math.inf, 1.0
-    tau = float(-np.partition(-impostor_scores, allowed)[allowed])
-    return tau, float(np.sum(impostor_scores > tau) / count)
+    allowed = allowed_false_matches(fmr_target, count)
+    if threshold_rule == "kth-strict":
+        if allowed >= count:
+            return -math.inf, 1.0
+        tau = float(-np.partition(-impostor_scores, allowed)[allowed])
+        return tau, float(np.sum(impostor_scores > tau) / count)
+    ascending = np.sort(impostor_scores)
+    index = count - min(allowed, count)
+    if index < count and index > 0 and ascending[index - 1] == ascending[index]:
+        index = int(np.searchsorted(ascending, ascending[index], side="right"))  # the next distinct score up
+    if index >= count:
+        tau = float(np.nextafter(ascending[-1], math.inf))  # above every impostor
+    else:
+        tau = float(ascending[index])
+    return tau, float((count - np.searchsorted(ascending, tau, side="left")) / count)
 
 
 def protocol_b(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
-               discard_limit: float = DEFAULT_DISCARD_LIMIT, subtract_best: bool = False) -> list[CurveResult]:
-    """One curve per FMR target; see the module docstring."""
+               discard_limit: float = DEFAULT_DISCARD_LIMIT, subtract_best: bool = False,
+               threshold_rule: str = "iso") -> list[CurveResult]:
+    """One curve per FMR target; see the module docstring. ``threshold_rule``: "iso"
+    (default, ISO/IEC 29794-1 as ALGORITHMS.md section 7 states it) or "kth-strict"."""
+    _choice("threshold rule", threshold_rule, THRESHOLD_RULES)
     scores, genuine, pair_quality = check_inputs(scores, genuine, pair_quality)
     if not 0 < discard_limit <= 1:
         raise ValueError(f"protocol B: the discard limit must be in (0, 1], got {discard_limit}")
@@ -253,11 +309,11 @@ def protocol_b(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
     discard = discard_counts / count if count else np.zeros(0)
     results = []
     for target in fmr_targets:
-        tau, achieved = fixed_threshold(impostor_scores, target)
+        tau, achieved = fixed_threshold(impostor_scores, target, threshold_rule)
         if count == 0 or math.isnan(tau):
             curve_x, curve_y = np.array([0.0, 1.0]), np.array([math.nan, math.nan])
         else:
-            errors = (sorted_scores <= tau).astype(np.int64)
+            errors = ((sorted_scores < tau) if threshold_rule == "iso" else (sorted_scores <= tau)).astype(np.int64)
             errors_from = np.cumsum(errors[::-1])[::-1]       # errors among pairs i.. (the kept ones)
             fnmr = errors_from[discard_counts] / (count - discard_counts)
             curve_x, curve_y = discard, fnmr
@@ -278,12 +334,19 @@ def protocol_b(scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
 
 
 def edc(protocol: str, scores, genuine, pair_quality, fmr_targets=FMR_TARGETS,
-        discard_limit: float = DEFAULT_DISCARD_LIMIT, subtract_best: bool = False) -> list[CurveResult]:
+        discard_limit: float = DEFAULT_DISCARD_LIMIT, subtract_best: bool = False, tie_rule: str = "erc",
+        threshold_rule: str = "iso", quality_sort: str = "stable") -> list[CurveResult]:
+    """Either protocol. The switches of the other protocol must stay at their defaults."""
     protocol = protocol.upper()
     if protocol == "A":
         if subtract_best:
             raise ValueError("the theoretical-best subtraction belongs to protocol B")
-        return protocol_a(scores, genuine, pair_quality, fmr_targets, discard_limit)
+        if threshold_rule != "iso":
+            raise ValueError("the threshold rule belongs to protocol B; protocol A recomputes its threshold per level")
+        return protocol_a(scores, genuine, pair_quality, fmr_targets, discard_limit, tie_rule=tie_rule,
+                          quality_sort=quality_sort)
     if protocol == "B":
-        return protocol_b(scores, genuine, pair_quality, fmr_targets, discard_limit, subtract_best)
+        if tie_rule != "erc" or quality_sort != "stable":
+            raise ValueError("the tie rule and the quality sort belong to protocol A")
+        return protocol_b(scores, genuine, pair_quality, fmr_targets, discard_limit, subtract_best, threshold_rule)
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
