@@ -21,7 +21,8 @@ def _fmr_list(ctx, param, value: str) -> list[float]:
 @click.option("--pairs", type=click.Path(), help="Pairs file: CSV image_a,image_b,genuine; LFW/XQLFW pairs.txt; "
                                                   "'a b 1|0' list; or an insightface .bin.")
 @click.option("--pairs-format", default="auto", show_default=True,
-              type=click.Choice(["auto", "csv", "lfw", "xqlfw", "list", "bin"]))
+              type=click.Choice(["auto", "csv", "lfw", "xqlfw", "list", "bin", "tinyface", "adience"]),
+              help="tinyface: a TinyFace test-set folder; adience: fold_<k>_data.txt or their folder.")
 @click.option("--embeddings", type=click.Path(dir_okay=False), help=".npz mapping each image name to its vector.")
 @click.option("--embedder", metavar="NAME|FILE", help="Compute embeddings with this embedder (or CR-FIQA checkpoint).")
 @click.option("--quality", "quality_files", multiple=True, metavar="[NAME=]FILE",
@@ -32,12 +33,23 @@ def _fmr_list(ctx, param, value: str) -> list[float]:
 @click.option("--aligned", is_flag=True, help="The images are aligned 112x112 crops (always true for .bin files).")
 @click.option("--name", "dataset_name", help="Dataset name in the tables (default: the pairs file's stem).")
 @click.option("--spec", type=click.Path(dir_okay=False), help="TOML file listing several datasets (see docs/evaluate.md).")
+@click.option("--benchmarks", "benchmark_dirs", multiple=True, type=click.Path(), metavar="DIR...",
+              help="Benchmark folders (LFW, XQLFW, .bin, TinyFace, Adience; see docs/evaluate.md), each with "
+                   "optional embeddings.npz and quality/*.csv; a table per benchmark and their average.")
 @click.option("--protocol", default="A", show_default=True, type=click.Choice(["A", "B"], case_sensitive=False),
               help="A: CR-FIQA/MR-FIQA (threshold per discard level, normalised pAUC); B: ISO/IEC 29794-1.")
 @click.option("--fmr", "fmr_targets", default="1e-2,1e-3,1e-4", show_default=True, callback=_fmr_list,
               help="FMR targets, comma-separated.")
 @click.option("--discard-limit", default=0.3, show_default=True, type=float, help="pAUC up to this discard fraction.")
 @click.option("--subtract-best", is_flag=True, help="Protocol B: subtract the area under the theoretical best curve.")
+@click.option("--tie-rule", default="erc", show_default=True, type=click.Choice(["erc", "inclusive"]),
+              help="Protocol A: a genuine pair exactly at the threshold is a non-match (erc, as CR-FIQA's ERC/erc.py) "
+                   "or a match (inclusive, synfiqa before issue 16).")
+@click.option("--quality-sort", default="stable", show_default=True, type=click.Choice(["stable", "numpy-default"]),
+              help="Protocol A: order of pairs of equal quality: input order, or numpy's default argsort as erc.py.")
+@click.option("--threshold-rule", default="iso", show_default=True, type=click.Choice(["iso", "kth-strict"]),
+              help="Protocol B: iso (smallest impostor score s with #{impostor >= s} <= floor(FMR n), match iff >= s) "
+                   "or kth-strict (the (k+1)-th highest impostor, match iff >; synfiqa before issue 16).")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout instead of markdown tables.")
 @click.option("--curves", is_flag=True, help="Include every curve point in the JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the results as CSV.")
@@ -49,9 +61,11 @@ def _fmr_list(ctx, param, value: str) -> list[float]:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when on a terminal).")
+@click.argument("more_benchmarks", nargs=-1, type=click.Path(), metavar="[DIR]...")
 def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, images, aligned, dataset_name, spec,
-             protocol, fmr_targets, discard_limit, subtract_best, as_json, curves, csv_path, markdown_path,
-             plot_path, save_embeddings, detector, batch_size, device, progress):
+             benchmark_dirs, protocol, fmr_targets, discard_limit, subtract_best, tie_rule, quality_sort,
+             threshold_rule, as_json, curves, csv_path, markdown_path, plot_path, save_embeddings, detector,
+             batch_size, device, progress, more_benchmarks):
     """Error-versus-discard curves and pAUC of face image quality on verification pairs.
 
     Pair quality is the lower of the two image qualities; comparison scores are cosine
@@ -61,18 +75,31 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
     from synfiqa.stages.s8_evaluate import report
     from synfiqa.stages.s8_evaluate.dataset import evaluate_dataset
     from synfiqa.stages.s8_evaluate.inputs import write_embeddings
-    from synfiqa.stages.s8_evaluate.spec import (DatasetSpec, load_embeddings, load_pairs, load_qualities,
-                                         parse_quality_option, quality_method_name, read_spec)
+    from synfiqa.stages.s8_evaluate.spec import (DatasetSpec, benchmark_specs, load_embeddings, load_pairs,
+                                                 load_qualities, parse_quality_option, quality_method_name, read_spec)
 
     protocol = protocol.upper()
     if subtract_best and protocol != "B":
         raise ConfigError("--subtract-best belongs to protocol B (ISO/IEC 29794-1)")
+    if protocol == "B" and (tie_rule != "erc" or quality_sort != "stable"):
+        raise ConfigError("--tie-rule and --quality-sort belong to protocol A (its threshold is recomputed per level)")
+    if protocol == "A" and threshold_rule != "iso":
+        raise ConfigError("--threshold-rule belongs to protocol B (ISO/IEC 29794-1)")
+    if more_benchmarks and not benchmark_dirs:
+        raise ConfigError(f"unexpected argument(s) {' '.join(more_benchmarks)}; to evaluate benchmark folders "
+                          f"use --benchmarks DIR...")
+    benchmark_dirs = [*benchmark_dirs, *more_benchmarks]
+    if benchmark_dirs and (spec or pairs or embeddings or quality_files or images or dataset_name):
+        raise ConfigError("--benchmarks reads each folder's pairs, embeddings.npz and quality/ files; do not combine "
+                          "it with --spec/--pairs/--embeddings/--quality/--images/--name")
     limit_top = 0.95 if protocol == "A" else 1.0
     if not 0 < discard_limit <= limit_top:
         raise ConfigError(f"--discard-limit must lie in (0, {limit_top}] for protocol {protocol}, got {discard_limit}")
     if spec and (pairs or embeddings or quality_files or images or dataset_name):
         raise ConfigError("--spec lists the datasets; do not combine it with --pairs/--embeddings/--quality/--images/--name")
-    if spec:
+    if benchmark_dirs:
+        specs = benchmark_specs(benchmark_dirs)
+    elif spec:
         specs = read_spec(spec)
     elif pairs:
         specs = [DatasetSpec(name=dataset_name or Path(pairs).stem, pairs=Path(pairs), format=pairs_format,
@@ -82,7 +109,8 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
             name, file = parse_quality_option(value)
             specs[0].quality[name or quality_method_name(file, set(specs[0].quality))] = file
     else:
-        raise ConfigError("say what to evaluate: --pairs FILE (with --embeddings/--embedder and --quality/--scorer) or --spec FILE")
+        raise ConfigError("say what to evaluate: --pairs FILE (with --embeddings/--embedder and --quality/--scorer), "
+                          "--spec FILE or --benchmarks DIR...")
     if embeddings and embedder:
         raise ConfigError("give --embeddings or --embedder, not both")
     if save_embeddings and (len(specs) != 1 or not embedder):
@@ -100,7 +128,9 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
         table = load_embeddings(dataset)
         qualities = load_qualities(dataset)
         if table is None and not embedder:
-            raise ConfigError(f"dataset {dataset.name}: no embeddings: give --embeddings FILE.npz or --embedder NAME|FILE")
+            where = " (or put embeddings.npz in its folder)" if benchmark_dirs else ""
+            raise ConfigError(f"dataset {dataset.name}: no embeddings: give --embeddings FILE.npz or --embedder "
+                              f"NAME|FILE{where}")
         if table is None or models.scorers:
             items = models.items(pair_list, dataset)
             if table is None:
@@ -111,9 +141,11 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
                 qualities[quality_method_name(Path(label), set(qualities))] = models.quality(
                     pair_list, items, scorer, label, batch_size, progress)
         if not qualities:
-            raise ConfigError(f"dataset {dataset.name}: no quality method: give --quality FILE or --scorer MODEL")
+            where = " (or put quality files in its quality/ folder)" if benchmark_dirs else ""
+            raise ConfigError(f"dataset {dataset.name}: no quality method: give --quality FILE or --scorer MODEL{where}")
         results.append(evaluate_dataset(dataset.name, pair_list, table, qualities, protocol, fmr_targets,
-                                        discard_limit, subtract_best))
+                                        discard_limit, subtract_best, tie_rule=tie_rule,
+                                        threshold_rule=threshold_rule, quality_sort=quality_sort))
 
     if as_json:
         click.echo(json.dumps(report.to_json(results, curves=curves), indent=2))

@@ -66,12 +66,21 @@ def test_the_edc_falls_when_the_lowest_quality_pairs_go(benchmark_files):
     # Pairs holding a severity-3 image are the lowest 123 of 276: all gone at u = 0.45.
     worst = sum(1 for a, b in itertools.combinations(quality, 2) if min(quality[a], quality[b]) == -3)
     assert worst == 123
-    for result in dataset["methods"][0]["results"]:
+    # The "inclusive" tie rule (a genuine pair on the threshold matches) shows the fall plainly.
+    inclusive = evaluate(folder, "--protocol", "A", "--tie-rule", "inclusive")["datasets"][0]["methods"][0]
+    for result in inclusive["results"]:
         fnmr = result["curve"]["fnmr"]
         assert fnmr[0] > 0.3, result                      # heavy degradations do break SFace
         assert fnmr[9] < fnmr[0] / 2, result              # u = 0.45: no severity-3 image left
         assert fnmr[-1] == 0.0                             # only clean, mildly degraded pairs left
         assert result["value"] < 1.0                       # normalised pAUC: better than not discarding
+    # The default (erc.py's rule) also rejects the genuine pair the threshold sits on: never a
+    # lower FNMR, at most a few pairs more; with 14 pairs left at u = 0.95 and no reachable FMR,
+    # the threshold is the best genuine itself, which then fails.
+    for result, other in zip(dataset["methods"][0]["results"], inclusive["results"]):
+        fnmr, fnmr_inclusive = np.array(result["curve"]["fnmr"]), np.array(other["curve"]["fnmr"])
+        assert (fnmr >= fnmr_inclusive).all() and fnmr[9] < 0.6 * fnmr[0]
+        assert result["value"] < 1.0
     assert (folder / "edc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

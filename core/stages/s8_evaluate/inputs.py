@@ -87,15 +87,21 @@ class NameIndex:
     def rows_for_pairs(self, pairs) -> tuple[np.ndarray, np.ndarray]:
         """Rows of both images of every pair. An image the table lacks is an error that names
         the first pair's line that uses one and counts the other missing images."""
-        resolved = {name: self.find(name) for name in set(pairs.image_a) | set(pairs.image_b)}
-        missing = {name for name, row in resolved.items() if row is None}
-        if missing:
-            first = min((i for i, pair in enumerate(zip(pairs.image_a, pairs.image_b)) if missing & set(pair)))
-            name = next(n for n in (pairs.image_a[first], pairs.image_b[first]) if n in missing)
-            more = f" ({len(missing) - 1} more image(s) missing)" if len(missing) > 1 else ""
+        resolved = np.array([-1 if (row := self.find(name)) is None else row for name in pairs.names], dtype=np.int64)
+        lacking = resolved < 0
+        if lacking.any():
+            used = np.zeros(len(resolved), dtype=bool)
+            used[pairs.index_a] = True
+            used[pairs.index_b] = True
+            lacking &= used
+        if lacking.any():
+            first = int(np.argmax(lacking[pairs.index_a] | lacking[pairs.index_b]))
+            a, b = int(pairs.index_a[first]), int(pairs.index_b[first])
+            name = pairs.names[a] if lacking[a] else pairs.names[b]
+            count = int(lacking.sum())
+            more = f" ({count - 1} more image(s) missing)" if count > 1 else ""
             raise DataFileError(f"{pairs.where(first)}: image {name!r} is not in {self.source}{more}")
-        return (np.array([resolved[n] for n in pairs.image_a], dtype=np.int64),
-                np.array([resolved[n] for n in pairs.image_b], dtype=np.int64))
+        return resolved[pairs.index_a], resolved[pairs.index_b]
 
 
 # ---------------------------------------------------------------- embeddings

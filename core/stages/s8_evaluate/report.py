@@ -51,12 +51,23 @@ def _markdown_table(rows: dict[str, list[float]], targets: list[float], digits: 
     return [header, rule, *body]
 
 
+DEFAULT_CONVENTIONS = {"tie_rule": "erc", "quality_sort": "stable", "threshold_rule": "iso"}
+
+
+def conventions_note(datasets: list[DatasetResult]) -> str:
+    """The switches that differ from the defaults, e.g. "; tie rule inclusive"."""
+    changed = {k: v for k, v in datasets[0].conventions.items() if DEFAULT_CONVENTIONS.get(k) != v}
+    return "".join(f"; {key.replace('_', ' ')} {value}" for key, value in changed.items())
+
+
 def value_description(datasets: list[DatasetResult]) -> str:
     first = datasets[0].methods[0].curves[0]
     limit = f"{first.discard_limit:g}"
     if first.protocol == "A":
-        return f"protocol A, normalised pAUC at {limit} discard (lower is better; 1 = no gain)"
-    return f"protocol B (ISO/IEC 29794-1), {first.value_name} up to {limit} discard (lower is better)"
+        return (f"protocol A, normalised pAUC at {limit} discard (lower is better; 1 = no gain)"
+                f"{conventions_note(datasets)}")
+    return (f"protocol B (ISO/IEC 29794-1), {first.value_name} up to {limit} discard (lower is better)"
+            f"{conventions_note(datasets)}")
 
 
 def to_markdown(datasets: list[DatasetResult], digits: int = 3) -> str:
@@ -69,7 +80,7 @@ def to_markdown(datasets: list[DatasetResult], digits: int = 3) -> str:
         lines += _markdown_table(rows, targets, digits)
         lines.append("")
     if len(datasets) > 1:
-        lines.append(f"### Mean over {len(datasets)} datasets")
+        lines.append(f"### Mean over {len(datasets)} datasets ({', '.join(d.name for d in datasets)})")
         lines.append("")
         lines += _markdown_table(mean_table(datasets), targets, digits)
         lines.append("")
@@ -125,6 +136,7 @@ def to_json(datasets: list[DatasetResult], curves: bool = False) -> dict:
         "fmr_targets": datasets[0].fmr_targets,
         "discard_limit": first.discard_limit,
         "value": first.value_name,
+        "conventions": dict(datasets[0].conventions),
         "datasets": [],
         "warnings": [note for d in datasets for note in d.warnings],
     }

@@ -13,6 +13,14 @@ A spec file::
     "CR-FIQA(L)" = "quality/lfw_crfiqal.csv"
 
 Relative paths are relative to the spec file.
+
+A benchmark folder (``synfiqa evaluate --benchmarks DIR...``) is recognised by what it holds,
+in this order: a TinyFace test set (Probe/ and Gallery_Match/, also under Testing_Set/ or
+tinyface/Testing_Set/); Adience fold files (fold_<k>_data.txt); exactly one insightface
+``.bin``; ``xqlfw_pairs.txt`` (images in xqlfw_aligned_112/ when present); LFW's
+``pairs.txt`` (images in lfw/ when present); CR-FIQA's ``pair_list.txt`` (images in images/
+when present); ``pairs.csv``. Beside them, optionally, ``embeddings.npz`` and a ``quality/``
+folder of quality files (one method per file, named by its stem).
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ from synfiqa.images import ImageItem, items_under
 from synfiqa.batch_inference import ImageOutcome, run_model
 from synfiqa.stages.s8_evaluate.inputs import (EmbeddingTable, QualityTable, embedding_table, quality_table,
                                        read_embeddings, read_quality)
-from synfiqa.stages.s8_evaluate.pairs import PairList, read_pairs
+from synfiqa.stages.s8_evaluate.pairs import PairList, adience_fold_files, read_pairs, tinyface_root
 
 
 @dataclass
@@ -82,6 +90,8 @@ def dataset_items(pairs: PairList, images: Path | None) -> list[ImageItem]:
     names = pairs.image_names()
     if pairs.encoded_images is not None:
         return [ImageItem(name, data=pairs.encoded_images[name]) for name in names]
+    if images is None:
+        images = pairs.image_root
     if images is None:
         raise ConfigError(f"{pairs.source}: to compute embeddings or qualities, say where its images are "
                           f"(--images DIR, or images = ... in the spec)")
@@ -140,3 +150,67 @@ def parse_quality_option(value: str) -> tuple[str | None, Path]:
             raise ConfigError(f"--quality {value!r}: the method name before '=' is empty")
         return name, Path(file)
     return None, Path(value)
+
+
+# ---------------------------------------------------------------- benchmark folders
+
+
+QUALITY_SUFFIXES = {".csv", ".txt"}
+
+
+def _pairs_in_folder(folder: Path) -> tuple[Path, str, Path | None]:
+    """(pairs path, format, images folder or None) for a benchmark folder."""
+    if tinyface_root(folder) is not None:
+        return folder, "tinyface", None
+    if adience_fold_files(folder):
+        return folder, "adience", None
+    bins = sorted(folder.glob("*.bin"))
+    if len(bins) == 1:
+        return bins[0], "bin", None
+    if len(bins) > 1:
+        raise ConfigError(f"benchmark folder {folder}: holds {len(bins)} .bin files ({', '.join(b.name for b in bins)}); "
+                          f"give each file as its own benchmark")
+
+    def images_in(sub: str) -> Path:
+        return folder / sub if (folder / sub).is_dir() else folder
+
+    for file, format, sub in (("xqlfw_pairs.txt", "xqlfw", "xqlfw_aligned_112"), ("pairs.txt", "lfw", "lfw"),
+                              ("pair_list.txt", "list", "images"), ("pairs.csv", "csv", "images")):
+        if (folder / file).is_file():
+            return folder / file, format, images_in(sub)
+    raise ConfigError(f"benchmark folder {folder}: found no benchmark in it (a TinyFace Probe/ + Gallery_Match/, "
+                      f"Adience fold_<k>_data.txt, one .bin, xqlfw_pairs.txt, pairs.txt, pair_list.txt or pairs.csv)")
+
+
+def benchmark_spec(path: str | Path) -> DatasetSpec:
+    """A benchmark given as a folder (or as its pairs file): what it holds, and its side files
+    embeddings.npz and quality/*.csv|*.txt when present."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"benchmark {str(path)!r} does not exist")
+    if path.is_dir():
+        pairs, format, images = _pairs_in_folder(path)
+        folder, name = path, path.name
+    else:
+        pairs, format, images, folder, name = path, "auto", None, path.parent, path.stem
+    embeddings = folder / "embeddings.npz"
+    quality_dir = folder / "quality"
+    quality = {}
+    if quality_dir.is_dir():
+        quality = {file.stem: file for file in sorted(quality_dir.iterdir())
+                   if file.is_file() and file.suffix.lower() in QUALITY_SUFFIXES}
+    return DatasetSpec(name=name, pairs=pairs, format=format, embeddings=embeddings if embeddings.is_file() else None,
+                       images=images, quality=quality)
+
+
+def benchmark_specs(paths) -> list[DatasetSpec]:
+    specs, taken = [], set()
+    for path in paths:
+        spec = benchmark_spec(path)
+        name, suffix = spec.name, 2
+        while name in taken:
+            name, suffix = f"{spec.name}-{suffix}", suffix + 1
+        spec.name = name
+        taken.add(name)
+        specs.append(spec)
+    return specs
