@@ -44,3 +44,25 @@ def test_cosine_scores_million_pairs(benchmark):
     scores = benchmark.pedantic(cosine_scores, args=(vectors, rows_a, rows_b), rounds=3, iterations=1)
     assert scores.shape == (PAIRS,)
     np.testing.assert_allclose(scores[:5], np.sum(vectors[rows_a[:5]] * vectors[rows_b[:5]], axis=1), rtol=1e-5)
+
+
+def test_tinyface_sized_pairs_to_rows(benchmark):
+    """3,728 probes x 4,443 gallery images (16.6 M pairs, TinyFace's size) as index arrays,
+    resolved against an embedding table's names."""
+    from synfiqa.stages.s8_evaluate.inputs import NameIndex
+    from synfiqa.stages.s8_evaluate.pairs import PairList
+
+    probes, gallery = 3728, 4443
+    names = [f"Probe/{i}_1.jpg" for i in range(probes)] + [f"Gallery_Match/{i}_2.jpg" for i in range(gallery)]
+    index = NameIndex(list(reversed(names)), "emb.npz")  # rows in another order than the pair list's names
+
+    def build():
+        pairs = PairList.from_indices(names, np.repeat(np.arange(probes), gallery),
+                                      np.tile(np.arange(probes, probes + gallery), probes),
+                                      np.zeros(probes * gallery, dtype=bool), "tinyface", "tinyface")
+        return index.rows_for_pairs(pairs)
+
+    rows_a, rows_b = benchmark.pedantic(build, rounds=1, iterations=1)
+    total = len(names)
+    assert len(rows_a) == probes * gallery
+    assert (rows_a[gallery + 5], rows_b[gallery + 5]) == (total - 1 - 1, total - 1 - (probes + 5))
