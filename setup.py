@@ -29,7 +29,7 @@ PACKAGE_DIRS = {
 
 
 def plugin_entry_points():
-    modules = sorted({plugin["module"] for plugin in CATALOGUE.get("plugin", [])})
+    modules = sorted({plugin["module"] for plugin in CATALOGUE.get("plugin", []) + CATALOGUE.get("module", [])})
     # "synfiqa_plugins.models.mtcnn" -> "models.mtcnn": unique, and says what it is
     return [f"{module.removeprefix('synfiqa_plugins.')} = {module}" for module in modules]
 

@@ -7,6 +7,8 @@ third-party plugin cannot have:
   points from it) and its summary. A component's default parameters are its factory's
   (see synfiqa.registry), for a built-in as for anybody; a ``defaults`` table here is
   documentation only, and a test keeps it equal to the factory's.
+* ``[[module]]`` names a built-in module that registers no component, only commands
+  (``register_commands``) or assets; it becomes an entry point like the others.
 * ``[[asset]]`` declares the built-in model assets. This module is itself a built-in
   plugin: its ``register_model_assets`` hands every ``[[asset]]`` to the same ``register``
   a third-party plugin declares its assets with, so both take one code path into
@@ -87,8 +89,11 @@ def load_catalogue() -> tuple[dict[tuple[str, str], PluginEntry], dict[str, Asse
 
 
 def builtin_plugin_modules() -> list[str]:
+    """Every built-in plugin module: those of the ``[[plugin]]`` components and the
+    ``[[module]]`` entries (modules that register only commands or assets)."""
     plugins, _ = load_catalogue()
-    return sorted({entry.module for entry in plugins.values()})
+    raw = tomllib.loads(catalogue_path().read_text())
+    return sorted({entry.module for entry in plugins.values()} | {item["module"] for item in raw.get("module", [])})
 
 
 @hookimpl

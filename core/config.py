@@ -161,6 +161,23 @@ class Key:
         return []
 
 
+DEGRADE_ON = ("detector-crop", "aligned-crop")
+
+
+def _degrade_on_problem(value) -> str | None:
+    if value not in DEGRADE_ON:
+        return f"must be one of {' | '.join(DEGRADE_ON)}; got {value!r}"
+    return None
+
+
+def _bank_problem(value) -> str | None:
+    if not isinstance(value, str) or not value:
+        return f"must be \"synthetic\" or the path of a DICT_DECA_DEG_REF.json file; got {value!r}"
+    if value != "synthetic" and not Path(value).expanduser().is_file():
+        return f"names no file: {value!r} (\"synthetic\" or the path of a DICT_DECA_DEG_REF.json file)"
+    return None
+
+
 SCHEMA: tuple[Key, ...] = (
     Key("run.seed", int, 0, "the run seed; every random draw of a run derives from it", low=0),
     Key("run.references", int, 10, "references per identity, at most as many as it has photos", low=1),
@@ -178,6 +195,17 @@ SCHEMA: tuple[Key, ...] = (
     Key("filter.chain", list, [], "identity filters, in order; the paper's stage 1 is yaw, glasses, "
         "expression, uniqueness", kind="filter"),
     Key("filter.params", dict, {}, "each filter's parameters", kind="filter"),
+    Key("stage2.backend", str, "folder", "the Stage-2 backend that makes each identity's references and "
+        "samples (folder: its own photos, disjoint; echo: its photo warped to the planned pose)",
+        kind="stage2-backend"),
+    Key("stage2.params", dict, {}, "each Stage-2 backend's parameters", kind="stage2-backend"),
+    Key("stage2.bank", str, "synthetic", "where the plan's specs come from: \"synthetic\" (the built-in bank, "
+        "docs/plan.md) or the path of MR-FIQA's DICT_DECA_DEG_REF.json", check=_bank_problem),
+    Key("stage2.faithful", bool, False, "reproduce the original's prompt-list bug (only degraded samples "
+        "D-R..D-1 get scene prompts)"),
+    Key("stage2.degrade_on", str, "detector-crop", "what a degraded sample's degradations see: the detector's "
+        "square crop, aligned afterwards (the original), or the aligned crop",
+        choices="detector-crop | aligned-crop", check=_degrade_on_problem),
     Key("models.detector", str, "mtcnn", "the face detector", kind="detector"),
     Key("models.embedder", str, "sface", "the face embedder", kind="embedder"),
     Key("models.pose", str, "dlib68-pnp", "the head-pose model", kind="pose"),

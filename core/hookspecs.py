@@ -12,7 +12,7 @@ offers::
     def register_degradations(register):
         register("vignette", Vignette, summary="darkens the corners")
 
-The component hooks (generators, filters, degradations, annotators, models) pass::
+The component hooks (generators, filters, Stage-2 backends, degradations, annotators, models) pass::
 
     register(name, factory, *, summary="", defaults=None)          # register_models: also kind=
 
@@ -99,6 +99,29 @@ def register_filters(register):
     ...     register("large-faces", LargeFaces, summary="keep faces at least min_size pixels wide")
     >>> register_filters(print_register)
     large-faces LargeFaces {'summary': 'keep faces at least min_size pixels wide'}
+    """
+
+
+@hookspec
+def register_stage2_backends(register):
+    """Register Stage-2 backends (synfiqa.protocols.Stage2Backend), which turn an identity
+    and its plan into face images: ``render(identity, plan, context)`` yields one
+    ``synfiqa.synthesis.Rendered`` per image (a reference, or a degraded sample before its
+    degradation). The core detects, aligns, degrades and records what it yields; the
+    contract, and the public helpers a backend needs, are in synfiqa.synthesis.
+
+    >>> from synfiqa.synthesis import Rendered
+    >>> class Mirror:
+    ...     '''every planned image is the identity's first photo, mirrored'''
+    ...     def render(self, identity, plan, context):
+    ...         photo = identity.photos[0]
+    ...         for spec in plan:
+    ...             yield Rendered(spec.role, spec.index, photo.image[:, ::-1].copy(), source=photo.key)
+    >>> @hookimpl
+    ... def register_stage2_backends(register):
+    ...     register("mirror", Mirror)
+    >>> register_stage2_backends(print_register)
+    mirror Mirror {}
     """
 
 

@@ -47,14 +47,15 @@ if TYPE_CHECKING:  # for the annotations only
     from synfiqa.filtering import Decision, FaceSubject
     from synfiqa.generation import Identity
     from synfiqa.models import DetectedFace
+    from synfiqa.synthesis import IdentityInput, Plan, Rendered
 
 __all__ = [
-    "Annotator", "BaseAnnotator", "BaseDegradation", "BaseDetector", "BaseEmbedder", "BaseFIQAScorer", "BaseFilter",
-    "BaseGenerator", "BasePoseEstimator", "BaseVisionLanguage", "Degradation", "Detector", "Embedder", "FIQAScorer",
-    "Filter", "GenerativeGenerator", "Generator", "OPTIONAL", "PROTOCOLS", "PoseEstimator", "REQUIRED",
-    "VisionLanguage", "declared_scope", "include_yaw", "input_folder", "is_generative", "min_face_size",
-    "missing_domains", "missing_members", "model_variant", "optional_members", "prepare", "requires",
-    "same_identity_threshold", "skipped_files",
+    "Annotator", "BaseAnnotator", "BaseDegradation", "BaseDetector", "BaseEmbedder", "BaseFIQAScorer",
+    "BaseFilter", "BaseGenerator", "BasePoseEstimator", "BaseStage2Backend", "BaseVisionLanguage", "Degradation",
+    "Detector", "Embedder", "FIQAScorer", "Filter", "GenerativeGenerator", "Generator", "OPTIONAL", "PROTOCOLS",
+    "PoseEstimator", "REQUIRED", "Stage2Backend", "VisionLanguage", "declared_scope", "include_yaw",
+    "input_folder", "is_generative", "min_face_size", "missing_domains", "missing_members", "model_variant",
+    "optional_members", "prepare", "requires", "same_identity_threshold", "skipped_files",
 ]
 
 
@@ -143,6 +144,23 @@ class BaseFilter:
     """A filter has no optional members; the base class is there for symmetry."""
 
     def judge(self, subjects: list[FaceSubject], context) -> list[Decision]:
+        raise NotImplementedError
+
+
+@runtime_checkable
+class Stage2Backend(Protocol):
+    """Turns an identity and its plan into face images: ``render(identity, plan, context)``
+    yields ``synfiqa.synthesis.Rendered`` items, at most one per plan entry (role, index);
+    deterministic in the identity, the plan and the component's parameters, so that a
+    killed build resumes byte-identical. The contract is synfiqa.synthesis."""
+
+    def render(self, identity: IdentityInput, plan: Plan, context) -> Iterable[Rendered]: ...
+
+
+class BaseStage2Backend:
+    """A Stage-2 backend has no optional members; the base class is there for symmetry."""
+
+    def render(self, identity: IdentityInput, plan: Plan, context) -> Iterable[Rendered]:
         raise NotImplementedError
 
 
@@ -345,13 +363,15 @@ def model_variant(scorer) -> str:
 
 
 PROTOCOLS: dict[str, type] = {
-    "generator": Generator, "filter": Filter, "degradation": Degradation, "annotator": Annotator,
+    "generator": Generator, "filter": Filter, "stage2-backend": Stage2Backend, "degradation": Degradation,
+    "annotator": Annotator,
     "detector": Detector, "embedder": Embedder, "pose": PoseEstimator, "vision-language": VisionLanguage,
     "fiqa": FIQAScorer,
 }
 
 BASES: dict[str, type] = {
-    "generator": BaseGenerator, "filter": BaseFilter, "degradation": BaseDegradation, "annotator": BaseAnnotator,
+    "generator": BaseGenerator, "filter": BaseFilter, "stage2-backend": BaseStage2Backend,
+    "degradation": BaseDegradation, "annotator": BaseAnnotator,
     "detector": BaseDetector, "embedder": BaseEmbedder, "pose": BasePoseEstimator,
     "vision-language": BaseVisionLanguage, "fiqa": BaseFIQAScorer,
 }
@@ -360,6 +380,7 @@ BASES: dict[str, type] = {
 REQUIRED: dict[str, tuple[str, ...]] = {
     "generator": ("identities",),
     "filter": ("judge",),
+    "stage2-backend": ("render",),
     "degradation": ("severity_axes", "sample_params", "apply"),
     "annotator": ("scope", "provides"),   # and annotate_identity or annotate_dataset, by scope
     "detector": ("detect",),
@@ -374,6 +395,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 OPTIONAL: dict[str, tuple[str, ...]] = {
     "generator": ("path", "skipped_files", "count", "generate_indices", "identity_name", "metadata"),
     "filter": (),
+    "stage2-backend": (),
     "degradation": (),
     "annotator": ("requires", "include_yaw", "prepare", "missing_domains"),
     "detector": ("min_face_size",),

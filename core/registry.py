@@ -24,11 +24,12 @@ from synfiqa.plugins import (BUILTIN_DISTRIBUTION, PluginWarning, SynfiqaPluginM
                              disable_hint)
 
 MODEL_KINDS = ("detector", "embedder", "pose", "vision-language", "fiqa")
-KINDS = ("generator", "filter", "degradation", "annotator", *MODEL_KINDS)
+KINDS = ("generator", "filter", "stage2-backend", "degradation", "annotator", *MODEL_KINDS)
 
 _HOOK_OF_KIND = {
     "generator": "register_generators",
     "filter": "register_filters",
+    "stage2-backend": "register_stage2_backends",
     "degradation": "register_degradations",
     "annotator": "register_annotators",
 }

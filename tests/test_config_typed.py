@@ -55,7 +55,7 @@ def test_the_default_config_is_the_shipped_toml_in_its_order():
 def test_every_declared_default_is_valid_and_has_help():
     for key in SCHEMA:
         assert key.help and key.problems(key.default) == [], key.name
-        assert key.type in (int, str, list, dict), key.name
+        assert key.type in (int, bool, str, list, dict), key.name
     assert default_config() is not default_config()  # each call a fresh copy
     assert default_config()["annotate"]["params"] is not KEYS["annotate.params"].default
 

@@ -147,7 +147,7 @@ def test_a_hook_registers_its_own_kind_only():
     with pytest.warns(PluginWarning, match="register_degradations registers degradations only"):
         registry = registry_with(("kind_plugin", "kind-dist", source))
     assert registry.find("stamp") == []
-    assert set(HOOKS) == {"register_generators", "register_filters", "register_degradations",
+    assert set(HOOKS) == {"register_generators", "register_filters", "register_stage2_backends", "register_degradations",
                           "register_annotators", "register_models", "register_model_assets"}
 
 
@@ -420,7 +420,7 @@ def test_every_hook_has_a_section_in_docs_plugins_md():
     marker = hookspecs.hookspec.project_name + "_spec"   # what @hookspec sets on a function
     hooks = [name for name, value in vars(hookspecs).items()
              if inspect.isfunction(value) and getattr(value, marker, None) is not None]
-    assert len(hooks) == 7, hooks
+    assert len(hooks) == 8, hooks
     for name in hooks:
         assert any(f"`{name}(" in heading for heading in headings), f"docs/plugins.md has no section for {name}"
     for switch in ("SYNFIQA_DISABLE_PLUGINS", "SYNFIQA_PLUGINS"):
