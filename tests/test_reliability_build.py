@@ -206,7 +206,7 @@ def test_a_deleted_sample_is_rebuilt_on_rerun(built, tmp_path):
 def test_a_truncated_sample_is_rebuilt_on_rerun(built, tmp_path):
     source, _ = built
     out = copy_build(built, tmp_path)
-    target = out / "data" / "macron" / "Ref-1.jpg"
+    target = out / "data" / "macron" / "Ref-0.jpg"
     good = target.read_bytes()
     target.write_bytes(good[: len(good) // 2])
     code, output = run("build", "--out", out, "--input", source, *SMALL)

@@ -23,24 +23,16 @@ from synfiqa.config import component_params, fingerprint, to_toml, validate_conf
 from synfiqa.context import RunContext
 from synfiqa.degradation import DegradationChain
 from synfiqa.errors import BadInputError, ConfigError
-from synfiqa.faces import detect_and_align
 from synfiqa.images import encode_jpeg
 from synfiqa.layout import identity_folder_name, quality_key
 from synfiqa.progress import progress as progress_bar
 from synfiqa.registry import Registry, get_registry
 from synfiqa.stages.s1_generate import generate_into
 from synfiqa.stages.s2_filter import filter_for_build
+from synfiqa.stages.s3_synthesize import draw_plan, identity_input, load_bank, synthesize
+from synfiqa.stages.s4_degrade import degrade_crops
 from synfiqa.stages.s5_annotate import identity_scores, load_annotators, score_dataset
 from synfiqa.store import RecordSet, StageFolder, write_atomic, write_error, write_group, write_text_atomic
-
-
-@dataclass
-class AlignedPhoto:
-    key: str
-    crop: np.ndarray          # 112x112x3 uint8
-    landmarks: np.ndarray     # [5, 2] in crop pixels
-    abs_yaw: float
-    notes: tuple[str, ...] = ()   # what a person should know about the photo (manifest "notes")
 
 
 @dataclass
@@ -57,6 +49,10 @@ class Pipeline:
         generator_name = config["generate"]["generator"]
         self.generator = self.context.create("generator", generator_name,
                                              component_params(config, "generate", generator_name))
+        backend_name = config["stage2"]["backend"]
+        self.backend = self.context.create("stage2-backend", backend_name,
+                                           component_params(config, "stage2", backend_name))
+        self.bank = load_bank(config)
         self.chain = DegradationChain.from_config(config, registry)
         self.annotators, self.unavailable = load_annotators(config, self.context)
         self.detector = self.context.model("detector")
@@ -69,7 +65,8 @@ class Pipeline:
             return f"{name} ({component.distribution} {component.version})"
 
         config = self.config
-        versions = {"generator": owner("generator", config["generate"]["generator"])}
+        versions = {"generator": owner("generator", config["generate"]["generator"]),
+                    "stage2": owner("stage2-backend", config["stage2"]["backend"])}
         versions["degradations"] = ", ".join(owner("degradation", n) for n in config["degrade"]["chain"])
         versions["annotators"] = ", ".join(owner("annotator", n) for n, _ in self.annotators)
         for kind in ("detector", "embedder", "pose"):
@@ -78,26 +75,20 @@ class Pipeline:
 
     # ------------------------------------------------------------ per identity
 
-    def align_photos(self, identity) -> tuple[list[AlignedPhoto], list[dict]]:
-        size = self.config["run"]["image_size"]
-        aligned, skipped = [], []
-        for source in identity.images:
-            try:
-                found = detect_and_align(source.load(), self.detector, size, source.key)
-                yaw = float(self.pose.estimate(torch.from_numpy(found.crop).permute(2, 0, 1)[None],
-                                               torch.from_numpy(found.landmarks)[None])[0, 0])
-                aligned.append(AlignedPhoto(source.key, found.crop, found.landmarks, abs(yaw), found.notes))
-            except BadInputError as error:
-                skipped.append({"identity": identity.name, "role": "source", "source": source.key,
-                                "status": "skipped", "reason": error.reason, "detail": str(error)})
-        return aligned, skipped
-
     def build_identity(self, identity, out: Path) -> dict:
-        run = self.config["run"]
-        photos, skipped = self.align_photos(identity)
-        rows = list(skipped)
-        if not photos:
+        """Stage 2 (plan, backend, faces), Stage 4 (degrade) and the per-identity part of
+        Stage 5 (annotate) for one identity; its manifest rows."""
+        config, run = self.config, self.config["run"]
+        size = run["image_size"]
+        inputs, rows = identity_input(identity, self.detector, self.pose, size)
+        if not inputs.photos:
             return {"identity": identity.name, "status": "skipped", "reason": "no-usable-photo", "rows": rows}
+        plan = draw_plan(config, identity.name, self.bank)
+        references, degraded, skipped = synthesize(self.backend, inputs, plan, self.context, self.detector,
+                                                   self.pose, size, config["stage2"]["backend"])
+        rows += skipped
+        if not references:
+            return {"identity": identity.name, "status": "skipped", "reason": "no-reference", "rows": rows}
         quality = run["jpeg_quality"]
 
         def save(name: str, pixels: np.ndarray) -> np.ndarray:
@@ -106,34 +97,41 @@ class Pipeline:
             # score exactly what a reader of the dataset gets back
             return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
-        references = []
-        for k, photo in enumerate(photos[: run["references"]]):
-            references.append(save(layout.reference_name(k), photo.crop))
+        stored_references = []
+        for face in references:
+            k = face.rendered.index
+            stored_references.append(save(layout.reference_name(k), face.crop))
             rows.append({"identity": identity.name, "index": k, "role": "reference", "status": "ok",
-                         "path": layout.relative_path(identity.name, layout.reference_name(k)), "source": photo.key,
-                         "params": {YAW_AXIS: photo.abs_yaw}, **_notes(photo)})
-        reference_tensor = torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).contiguous()
+                         "path": layout.relative_path(identity.name, layout.reference_name(k)),
+                         "source": face.rendered.source, "params": {YAW_AXIS: face.abs_yaw},
+                         **_controls(face), **_notes(face)})
+        if not degraded:
+            return {"identity": identity.name, "status": "ok", "rows": rows}
+        reference_tensor = torch.from_numpy(np.stack(stored_references)).permute(0, 3, 1, 2).contiguous()
 
-        indices = list(range(run["degraded"]))
-        sources = [photos[k % len(photos)] for k in indices]
+        indices = [face.rendered.index for face in degraded]
         sampled = self.chain.sample(run["seed"], identity.name, indices)
         params = self.chain.records(sampled, len(indices))
-        degraded = []
-        for start in range(0, len(indices), run["batch_size"]):
-            stop = min(start + run["batch_size"], len(indices))
-            batch = torch.from_numpy(np.stack([s.crop for s in sources[start:stop]])).permute(0, 3, 1, 2).contiguous()
-            landmarks = torch.from_numpy(np.stack([s.landmarks for s in sources[start:stop]])).to(torch.float32)
-            part = [{key: value[start:stop] for key, value in step.items()} for step in sampled]
-            images = self.chain.apply(batch, part, landmarks=landmarks).permute(0, 2, 3, 1).numpy()
-            degraded += [save(layout.sample_name(k), pixels) for k, pixels in zip(indices[start:stop], images)]
-        sample_tensor = torch.from_numpy(np.stack(degraded)).permute(0, 3, 1, 2).contiguous()
+        if config["stage2"]["degrade_on"] == "detector-crop":
+            images = degrade_crops(self.chain, np.stack([f.detector_crop for f in degraded]),
+                                   np.stack([f.detector_landmarks for f in degraded]), sampled, run["batch_size"],
+                                   to_aligned=np.stack([f.crop_to_aligned for f in degraded]), aligned_size=size)
+        else:
+            images = degrade_crops(self.chain, np.stack([f.crop for f in degraded]),
+                                   np.stack([f.landmarks for f in degraded]), sampled, run["batch_size"])
+        stored = [save(layout.sample_name(k), pixels) for k, pixels in zip(indices, images)]
+        sample_tensor = torch.from_numpy(np.stack(stored)).permute(0, 3, 1, 2).contiguous()
 
         scores = identity_scores(self.annotators, sample_tensor, reference_tensor, self.context)
-        for k, source, record in zip(indices, sources, params):
+        reference_sources = {face.rendered.source for face in references if face.rendered.source}
+        for i, (face, record) in enumerate(zip(degraded, params)):
+            k = face.rendered.index
+            circular = {"circular": True} if face.rendered.source in reference_sources else {}
             rows.append({"identity": identity.name, "index": k, "role": "degraded", "status": "ok",
-                         "path": layout.relative_path(identity.name, layout.sample_name(k)), "source": source.key,
-                         "params": {YAW_AXIS: source.abs_yaw, **record},
-                         "scores": {key: values[k] for key, values in scores.items()}, **_notes(source)})
+                         "path": layout.relative_path(identity.name, layout.sample_name(k)),
+                         "source": face.rendered.source, "params": {YAW_AXIS: face.abs_yaw, **record},
+                         "scores": {key: values[i] for key, values in scores.items()},
+                         **_controls(face), **circular, **_notes(face)})
         return {"identity": identity.name, "status": "ok", "rows": rows}
 
     # ------------------------------------------------------------ dataset wide
@@ -160,14 +158,22 @@ class Pipeline:
         if annotated.label is not None:
             for row in degraded:
                 quality[quality_key(row["identity"], Path(row["path"]).name)] = row["scores"][annotated.label]
-        skipped = Counter(row["reason"] for row in rows if row["status"] == "skipped")
+        skipped = Counter(row["reason"] for row in rows if row["status"] == "skipped" and row["role"] == "source")
+        images_skipped = Counter(f"{row['role']}: {row['reason']}" for row in rows
+                                 if row["status"] == "skipped" and row["role"] != "source")
         noted = sorted({(row["identity"], row["source"]) for row in rows if row.get("notes")})
+        run = self.config["run"]
         summary = {
             "identities": len(records),
             "identities_skipped": sum(1 for r in records if r["status"] != "ok"),
-            "references": sum(1 for row in rows if row["role"] == "reference"),
+            "stage2_backend": self.config["stage2"]["backend"],
+            "planned_per_identity": {"references": run["references"], "degraded": run["degraded"]},
+            "references": sum(1 for row in rows if row["role"] == "reference" and row["status"] == "ok"),
             "degraded": len(degraded),
             "photos_skipped": dict(sorted(skipped.items())),
+            "images_skipped": dict(sorted(images_skipped.items())),
+            "samples_circular": sum(1 for row in degraded if row.get("circular")),
+            "identities_circular": len({row["identity"] for row in degraded if row.get("circular")}),
             "photos_with_notes": len(noted),
             "unavailable_annotators": self.unavailable,
             "quality_score": annotated.label,
@@ -177,8 +183,14 @@ class Pipeline:
         return rows, quality, summary
 
 
-def _notes(photo: AlignedPhoto) -> dict:
-    return {"notes": list(photo.notes)} if photo.notes else {}
+def _notes(face) -> dict:
+    return {"notes": list(face.notes)} if face.notes else {}
+
+
+def _controls(face) -> dict:
+    """The plan entry's control.* columns, when the backend followed the plan."""
+    spec = face.rendered.spec
+    return spec.to_record() if spec is not None else {}
 
 
 def check_input_and_output(pipeline: "Pipeline", out: Path) -> None:
@@ -283,13 +295,21 @@ def stage_summary(config: dict, summary: dict, skipped_files: list, unavailable:
     built = summary["identities"] - summary["identities_skipped"]
     skipped = sum(summary["photos_skipped"].values())
     reasons = ", ".join(f"{count} {reason}" for reason, count in summary["photos_skipped"].items())
+    images = ", ".join(f"{count} {reason}" for reason, count in summary["images_skipped"].items())
+    planned = summary["planned_per_identity"]
     lines = [
         f"generate: {summary['identities']} identities ({config['generate']['generator']})"
         + (f", {len(skipped_files)} non-image files ignored" if skipped_files else ""),
-        f"detect+align: {summary['references']} references for {built} identities, {skipped} photos skipped"
+        f"detect+align: {built} identities with usable photos, {skipped} photos skipped"
         + (f" ({reasons})" if reasons else ""),
         *([f"  {summary['photos_with_notes']} photos have notes (several faces, upside down, implausible landmarks): "
            "see 'notes' in manifest.jsonl"] if summary.get("photos_with_notes") else []),
+        f"stage 2 ({summary['stage2_backend']}): {summary['references']} references and {summary['degraded']} samples "
+        f"(planned per identity: {planned['references']} and {planned['degraded']})"
+        + (f"; images without a face: {images}" if images else ""),
+        *([f"  {summary['identities_circular']} identities have a single usable photo: their {summary['samples_circular']} "
+           "samples are degraded copies of their reference (rows marked 'circular' in manifest.jsonl; their fr is "
+           "inflated)"] if summary["identities_circular"] else []),
         f"degrade: {summary['degraded']} degraded samples ({' -> '.join(config['degrade']['chain']) or 'no degradation'})",
         f"annotate: {', '.join(n for n in config['annotate']['chain'] if n not in unavailable)}",
     ]

@@ -1,4 +1,5 @@
-"""`synfiqa degrade`: the configured degradation chain over a folder of face images, resumably.
+"""Stage 4, degradation: ``degrade_crops`` (a build's samples) and `synfiqa degrade` (the
+configured degradation chain over a folder of face images, resumably).
 
     OUT/<image name without suffix>/<k>.png   n degraded copies of each input image (lossless)
     OUT/degraded.jsonl                        one row per copy: source, index, path, every
@@ -20,6 +21,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from synfiqa.align import warp_affine
 from synfiqa.config import component_params
 from synfiqa.degradation import DegradationChain
 from synfiqa.errors import BadInputError
@@ -31,6 +33,28 @@ from synfiqa.store import StageFolder, append_rows, read_rows, write_atomic
 
 MANIFEST = "degraded.jsonl"
 MARKER = ".synfiqa-degrade.json"
+
+
+def degrade_crops(chain: DegradationChain, crops: np.ndarray, landmarks: np.ndarray, sampled: list[dict],
+                  batch_size: int, to_aligned: np.ndarray | None = None, aligned_size: int = 112) -> np.ndarray:
+    """The chain over crops [N, S, S, 3] uint8 with their five landmarks [N, 5, 2] and the
+    sampled parameters (``chain.sample``, first dimension N), in batches. With `to_aligned`
+    ([N, 2, 3], crop pixels -> aligned pixels) each degraded crop is then aligned to
+    `aligned_size`, as the original degrades the detector's crop and aligns afterwards.
+    Returns [N, S, S, 3] uint8 (S = aligned_size with to_aligned)."""
+    out = []
+    for start in range(0, len(crops), batch_size):
+        stop = min(start + batch_size, len(crops))
+        batch = torch.from_numpy(np.ascontiguousarray(crops[start:stop])).permute(0, 3, 1, 2).contiguous()
+        points = torch.from_numpy(np.asarray(landmarks[start:stop], dtype=np.float32))
+        part = [{key: value[start:stop] for key, value in step.items()} for step in sampled]
+        images = chain.apply(batch, part, landmarks=points)
+        if to_aligned is not None:
+            images = warp_affine(images, torch.from_numpy(np.asarray(to_aligned[start:stop], dtype=np.float64)),
+                                 (aligned_size, aligned_size))
+        out.append(images.permute(0, 2, 3, 1).numpy())
+    size = crops.shape[1:] if len(crops) else (0, 0, 3)
+    return np.concatenate(out) if out else np.zeros((0, *size), dtype=np.uint8)
 
 
 def output_stem(item: ImageItem) -> str:

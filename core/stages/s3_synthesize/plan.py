@@ -1,7 +1,8 @@
 """Stage 3: the per-identity generation plan (R references and D degraded samples), each a
 :class:`Spec` of pose, expression, light, framing and text prompt drawn from a bank.
 
-Not wired into the build yet: ``plan_identity`` is a pure function a Stage-2 backend will call.
+``plan_identity`` is a pure function; a build calls it per identity (stage2.bank,
+stage2.faithful) and hands the plan to the Stage-2 backend (synfiqa.stages.s3_synthesize).
 The conventions and distributions below are repeated, with a plot, in ``docs/plan.md``.
 
 Banks
