@@ -44,7 +44,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .shading import crop_pixels, project, sh_shading, vertex_normals
+from .shading import SH_CONSTANTS, crop_pixels, project, vertex_normals
 
 FLAT_ALBEDO = 0.5           # the grey albedo used without a texture space / UV layout
 REFERENCE_SCALE = 8.0       # DECA's cam scale for framing scale 1 (about what DECA fits on its 224 crops)
@@ -54,17 +54,41 @@ LANDMARK_RADIUS = 3         # CapHuman's draw_facepose dots
 
 @dataclass
 class Hints:
-    normal: torch.Tensor           # (3, H, W) in [-1, 1], times alpha
-    albedo: torch.Tensor           # (3, H, W) times alpha
-    shaded: torch.Tensor           # (3, H, W) albedo x SH shading, times alpha
+    """The hints of one spec. ``caphuman`` holds normal, albedo and shaded (channels 0-2, 3-5,
+    6-8, a channels-last view); the other images are views of it or made on first use."""
+
+    caphuman: torch.Tensor         # (9, H, W) cat(normal, albedo, shaded)
     alpha: torch.Tensor            # (1, H, W) 0 / 1
     depth: torch.Tensor            # (1, H, W) in [0, 1], 0 on the background
     landmarks: torch.Tensor        # (68, 2) pixel positions (x, y)
-    landmark_image: torch.Tensor   # (3, H, W) white dots on black
-    caphuman: torch.Tensor         # (9, H, W) cat(normal, albedo, shaded)
-    arc2face_normal: torch.Tensor  # (3, H, W) normal * 0.5 + 0.5
     pix_to_face: torch.Tensor      # (H, W) int64 face index of the mesh, -1 on the background
     albedo_source: str = "uv"      # "uv" (texture sampled) or "flat" (FLAT_ALBEDO grey)
+
+    @property
+    def normal(self) -> torch.Tensor:
+        """(3, H, W) in [-1, 1], times alpha."""
+        return self.caphuman[0:3]
+
+    @property
+    def albedo(self) -> torch.Tensor:
+        """(3, H, W) times alpha."""
+        return self.caphuman[3:6]
+
+    @property
+    def shaded(self) -> torch.Tensor:
+        """(3, H, W) albedo x SH shading, times alpha."""
+        return self.caphuman[6:9]
+
+    @property
+    def arc2face_normal(self) -> torch.Tensor:
+        """(3, H, W) normal * 0.5 + 0.5 (the background 0.5 grey)."""
+        return self.normal * 0.5 + 0.5
+
+    @property
+    def landmark_image(self) -> torch.Tensor:
+        """(3, H, W) white dots on black (CapHuman's draw_facepose)."""
+        height, width = self.alpha.shape[-2:]
+        return draw_landmarks(self.landmarks, height, width).to(self.alpha.device)
 
 
 def spec_pose(spec, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -93,26 +117,28 @@ def _fit(values: Sequence[float] | torch.Tensor, size: int, batch: int, device, 
     return out
 
 
-def _interpolate(attributes: torch.Tensor, faces: torch.Tensor, face: torch.Tensor, bary: torch.Tensor,
-                 mask: torch.Tensor) -> torch.Tensor:
-    """Per-vertex attributes (N, V, C) -> (N, C, H, W): sum_k bary_k * attr[faces[face, k]], 0 off the mask."""
-    n = attributes.shape[0]
-    corners = faces[face.clamp_min(0)]                              # (N, H, W, 3)
-    batch = torch.arange(n, device=attributes.device)[:, None, None, None]
-    values = (attributes[batch, corners] * bary[..., None]).sum(-2)  # (N, H, W, C)
-    values = values * mask[..., None]
-    return values.permute(0, 3, 1, 2)
+def _corner_sum(values: torch.Tensor, corners: torch.Tensor, bary: torch.Tensor,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_k bary[:, k] * values[corners[:, k]]: (M, C) from values (R, C), corners (M, 3),
+    bary (M, 3), written into `out` when given."""
+    first = values.index_select(0, corners[:, 0])
+    out = torch.mul(first, bary[:, 0:1], out=out) if out is not None else first.mul_(bary[:, 0:1])
+    out.addcmul_(values.index_select(0, corners[:, 1]), bary[:, 1:2])
+    out.addcmul_(values.index_select(0, corners[:, 2]), bary[:, 2:3])
+    return out
 
 
-def _sample_uv(texture_map: torch.Tensor, uv: tuple[torch.Tensor, torch.Tensor], face: torch.Tensor,
-               bary: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """DECA: the pixel's UV from the face's UV corners (vt[ft]), grid = (2u - 1, 1 - 2v), grid_sample."""
-    vt, ft = uv
-    corners = vt[ft[face.clamp_min(0)]]                              # (N, H, W, 3, 2)
-    pixel_uv = (corners * bary[..., None]).sum(-2) * mask[..., None]
-    grid = torch.stack([pixel_uv[..., 0] * 2 - 1, 1 - pixel_uv[..., 1] * 2], -1)
-    maps = texture_map.expand(face.shape[0], -1, -1, -1)
-    return F.grid_sample(maps, grid, mode="bilinear", align_corners=False)
+def _sh_quadratic(normal: torch.Tensor) -> torch.Tensor:
+    """(M, 3) -> (M, 5): the second-order terms of DECA's SH basis [xy, xz, yz, x^2 - y^2,
+    3z^2 - 1] without their constants (the caller folds them into the light)."""
+    x, y, z = normal[:, 0], normal[:, 1], normal[:, 2]
+    out = torch.empty(normal.shape[0], 5, dtype=normal.dtype, device=normal.device)
+    torch.mul(x, y, out=out[:, 0])
+    torch.mul(x, z, out=out[:, 1])
+    torch.mul(y, z, out=out[:, 2])
+    torch.mul(x, x, out=out[:, 3]).addcmul_(y, y, value=-1.0)
+    torch.mul(z, z, out=out[:, 4]).mul_(3.0).sub_(1.0)
+    return out
 
 
 def draw_landmarks(points: torch.Tensor, height: int, width: int, radius: int = LANDMARK_RADIUS) -> torch.Tensor:
@@ -161,47 +187,60 @@ def render_hints_batch(flame, texture, shape, specs: Sequence, size: int = 512,
     from synfiqa.ops import rasterize
 
     packed, bary, _ = rasterize(ndc, faces, size, size, impl=impl)
-    face_count = faces.shape[0]
+    face_count, vertex_count = faces.shape[0], vertices.shape[1]
     mask = packed >= 0
-    face = torch.where(mask, packed - torch.arange(n, device=device)[:, None, None] * face_count,
-                       torch.full_like(packed, -1))
-    maskf = mask.float()
-    alpha = maskf[:, None]
-    bary = torch.where(mask[..., None], bary, torch.zeros_like(bary))
+    # only covered pixels are computed (the face fills a fraction of the image), then scattered
+    covered = mask.reshape(-1).nonzero().squeeze(1)                  # (M,) into N*H*W, image by image
+    counts = mask.reshape(n, -1).sum(1)
+    mesh = torch.repeat_interleave(torch.arange(n, device=device), counts)
+    local_face = packed.reshape(-1).index_select(0, covered) - mesh * face_count
+    # pix_to_face per mesh (packed n * F + f -> f, -1 stays -1), in place: packed is not needed after
+    face = packed.sub_((torch.arange(n, device=device) * face_count)[:, None, None]).masked_fill_(~mask, -1)
+    weights = bary.reshape(-1, 3).index_select(0, covered).float()
+    corners = faces.index_select(0, local_face) + (mesh * vertex_count)[:, None]
+    # one row per covered pixel, channels last: depth, normal, albedo, shaded
+    rows = torch.empty(covered.shape[0], 10, device=device)
 
     normals = vertex_normals(vertices, faces).float()
-    normal_raw = _interpolate(normals, faces, face, bary, maskf)
     w = image[..., 2].float()
     w_min, w_max = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
     depth_vertex = ((w_max - w) / (w_max - w_min).clamp_min(1e-12))[..., None]
-    depth = _interpolate(depth_vertex, faces, face, bary, maskf)
+    per_vertex = torch.cat([depth_vertex, normals], -1).reshape(n * vertex_count, 4)
+    _corner_sum(per_vertex, corners, weights, out=rows[:, 0:4])      # depth, normal (not renormalised)
+    normal_pixels = rows[:, 1:4]
 
     if texture is not None and uv is not None:
         code = torch.zeros(1, texture.n_tex, device=device) if tex is None else tex.reshape(1, -1).to(device)
         texture_map = texture(code.to(texture.mean.dtype)).float()
         vt = torch.as_tensor(uv[0], dtype=torch.float32, device=device)
         ft = torch.as_tensor(uv[1], dtype=torch.long, device=device)
-        albedo_raw = _sample_uv(texture_map, (vt, ft), face, bary, maskf)
+        pixel_uv = _corner_sum(vt, ft.index_select(0, local_face), weights)          # (M, 2)
+        grid = pixel_uv.mul_(torch.tensor([2.0, -2.0], device=device)).add_(torch.tensor([-1.0, 1.0], device=device))
+        rows[:, 4:7] = F.grid_sample(texture_map, grid[None, None], mode="bilinear",     # DECA: (2u - 1, 1 - 2v)
+                                     align_corners=False)[0, :, 0].T
         source = "uv"
     else:
-        albedo_raw = torch.full((n, 3, size, size), FLAT_ALBEDO, device=device)
+        rows[:, 4:7] = FLAT_ALBEDO
         source = "flat"
     light = torch.tensor([[list(c) for c in s.light] for s in specs], dtype=torch.float32, device=device)
-    shading = sh_shading(normal_raw, light)
-    normal = normal_raw * alpha
-    albedo = albedo_raw * alpha
-    shaded = albedo_raw * shading * alpha
+    light = light * light.new_tensor(SH_CONSTANTS)[None, :, None]   # DECA's constants folded into the light
+    quadratic = _sh_quadratic(normal_pixels)                         # (M, 5)
+    start = 0
+    for i, count in enumerate(counts.tolist()):   # shaded = albedo * (L0 + n . L1..3 + quadratic . L4..8)
+        part = slice(start, start + count)
+        shading = torch.addmm(light[i, 0], normal_pixels[part], light[i, 1:4])
+        shading.addmm_(quadratic[part], light[i, 4:9])
+        torch.mul(rows[part, 4:7], shading, out=rows[part, 7:10])
+        start += count
+
+    channels = torch.zeros(n * size * size, 10, device=device).index_copy_(0, covered, rows)
+    channels = channels.reshape(n, size, size, 10).permute(0, 3, 1, 2)
+    depth, caphuman = channels[:, :1], channels[:, 1:]
+    alpha = mask.float()[:, None]
 
     landmarks = crop_pixels(project(out.landmarks2d, cam), size).float()
-    hints = []
-    for i in range(n):
-        hints.append(Hints(
-            normal=normal[i], albedo=albedo[i], shaded=shaded[i], alpha=alpha[i], depth=depth[i],
-            landmarks=landmarks[i], landmark_image=draw_landmarks(landmarks[i], size, size).to(device),
-            caphuman=torch.cat([normal[i], albedo[i], shaded[i]], 0),
-            arc2face_normal=normal[i] * 0.5 + 0.5, pix_to_face=face[i], albedo_source=source,
-        ))
-    return hints
+    return [Hints(caphuman=caphuman[i], alpha=alpha[i], depth=depth[i], landmarks=landmarks[i], pix_to_face=face[i],
+                  albedo_source=source) for i in range(n)]
 
 
 def render_hints(flame, texture, shape, spec, size: int = 512, **options) -> Hints:
@@ -293,6 +332,9 @@ def render_command():
     @click.command("render")
     @click.option("--identity-shape", required=True, metavar="FILE.npy|zeros",
                   help="The identity's FLAME shape code (a .npy vector), or 'zeros' for the mean head.")
+    @click.option("--identity", "identity_name", default=None, metavar="NAME",
+                  help="The identity whose plan is drawn (a build's identity folder name); default: the .npy "
+                       "file's stem, or 'zeros'.")
     @click.option("--index", "index", required=True, type=int, help="The plan entry: references first, then degraded.")
     @click.option("--plan", default="synthetic", show_default=True, metavar="synthetic|BANK.json",
                   help="The bank: the built-in synthetic one or MR-FIQA's DICT_DECA_DEG_REF.json.")
@@ -300,7 +342,7 @@ def render_command():
     @click.option("--references", default=10, show_default=True, type=int, help="References in the plan.")
     @click.option("--size", default=512, show_default=True, type=int, help="Image side in pixels.")
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="The folder to write.")
-    def render(identity_shape, index, plan, seed, references, size, out):
+    def render(identity_shape, identity_name, index, plan, seed, references, size, out):
         """Render the conditioning hints (normal, albedo, shaded, depth, landmarks, and the 9-channel
         CapHuman array) of one plan entry with the user-supplied FLAME files."""
         from pathlib import Path
@@ -321,6 +363,7 @@ def render_command():
                 raise ConfigError(f"--identity-shape {identity_shape}: not a readable .npy vector "
                                   f"({' '.join(str(error).split())[:160]})") from None
             identity = Path(identity_shape).stem
+        identity = identity_name or identity
         spec = plan_entry(index, plan, seed, identity, references)
         paths, missing = {}, []
         for key, file_name in (("generic_model", "generic_model.pkl"), ("landmark_embedding", "landmark_embedding.npy")):
