@@ -27,6 +27,7 @@ from synfiqa.images import is_image_path
 
 DATA = "data"
 GENERATED = "generated"          # a generative model's identities, inside the build folder
+STAGE2_IMAGES = "generated/stage2"   # a Stage-2 backend's stored images (stores_images), one folder per identity
 MANIFEST = "manifest.jsonl"
 QUALITY_SCORES = "Quality-Scores.txt"
 SUMMARY = "summary.json"

@@ -55,7 +55,7 @@ __all__ = [
     "Detector", "Embedder", "FIQAScorer", "Filter", "GenerativeGenerator", "Generator", "OPTIONAL", "PROTOCOLS",
     "PoseEstimator", "REQUIRED", "Stage2Backend", "VisionLanguage", "declared_scope", "include_yaw",
     "input_folder", "is_generative", "min_face_size", "missing_domains", "missing_members", "model_variant",
-    "optional_members", "prepare", "requires", "same_identity_threshold", "skipped_files",
+    "optional_members", "prepare", "requires", "same_identity_threshold", "skipped_files", "stores_images",
 ]
 
 
@@ -158,10 +158,21 @@ class Stage2Backend(Protocol):
 
 
 class BaseStage2Backend:
-    """A Stage-2 backend has no optional members; the base class is there for symmetry."""
+    """Optional members of a Stage-2 backend, with the defaults the core assumes."""
+
+    #: its images are expensive to make (a diffusion model): the core stores each one under
+    #: OUT/generated/stage2/<identity>/ as it comes and, when a killed build runs again, reuses
+    #: them and asks ``render`` only for the plan entries still missing (so ``render`` must
+    #: accept any subset of a plan, each image seeded by its own entry)
+    stores_images: bool = False
 
     def render(self, identity: IdentityInput, plan: Plan, context) -> Iterable[Rendered]:
         raise NotImplementedError
+
+
+def stores_images(backend) -> bool:
+    """Whether the core stores and reuses the backend's images (BaseStage2Backend.stores_images)."""
+    return bool(getattr(backend, "stores_images", BaseStage2Backend.stores_images))
 
 
 @runtime_checkable
@@ -395,7 +406,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 OPTIONAL: dict[str, tuple[str, ...]] = {
     "generator": ("path", "skipped_files", "count", "generate_indices", "identity_name", "metadata"),
     "filter": (),
-    "stage2-backend": (),
+    "stage2-backend": ("stores_images",),
     "degradation": (),
     "annotator": ("requires", "include_yaw", "prepare", "missing_domains"),
     "detector": ("min_face_size",),

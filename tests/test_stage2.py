@@ -380,3 +380,65 @@ def test_an_image_without_a_face_is_a_skipped_row(tmp_path, monkeypatch):
     assert {(r["role"], r["index"], r["reason"]) for r in skipped} == {("degraded", 1, "no-face")}
     assert len(skipped) == 4 and summary["images_skipped"] == {"degraded: no-face": 4}
     assert not any((tmp_path / "out" / "data").glob("*/1.jpg"))
+
+
+COUNTING = """
+    import os
+    from pathlib import Path
+    from synfiqa import hookimpl
+    from synfiqa.synthesis import Rendered
+
+    class Counting:
+        '''an expensive backend: every image it makes is logged; it dies after CRASH_AFTER images'''
+        stores_images = True
+
+        def render(self, identity, plan, context):
+            photo = identity.photos[0]
+            log_path = Path(os.environ["COUNTING_LOG"])
+            for spec in plan:
+                with log_path.open("a") as log:
+                    log.write(f"{identity.name} {spec.role} {spec.index}\\n")
+                made = len(log_path.read_text().splitlines())
+                if made > int(os.environ.get("CRASH_AFTER", "1000000")):
+                    raise RuntimeError("the GPU went away")
+                yield Rendered(spec.role, spec.index, photo.image[:, ::-1].copy(), source="generated", spec=spec)
+
+    @hookimpl
+    def register_stage2_backends(register):
+        register("counting", Counting)
+"""
+
+
+def test_stored_images_are_reused_after_a_crash(tmp_path, monkeypatch):
+    """A backend that stores_images: a build that dies mid-identity keeps every image made so
+    far, and the rerun asks the backend only for the others; the result equals an
+    uninterrupted build's."""
+    registry = registry_with_backend(tmp_path, monkeypatch, COUNTING)
+    settings = ['stage2.backend="counting"', "run.references=2", "run.degraded=3", 'annotate.chain=["fr"]',
+                'generate.params.folder.grouping="file"']
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    from synfiqa.generation import embedded_faces_dir
+
+    for name in ("obama_1.jpg", "sunak_1.jpg"):
+        (faces / name).write_bytes((embedded_faces_dir() / name).read_bytes())
+    settings.append(f"generate.params.folder.path={json.dumps(str(faces))}")
+    config = load_config(None, settings, registry)
+
+    monkeypatch.setenv("COUNTING_LOG", str(tmp_path / "whole.log"))
+    whole = tmp_path / "whole"
+    build(config, whole, registry=registry, **QUIET)
+    assert len((tmp_path / "whole.log").read_text().splitlines()) == 10   # 2 identities x 5 images
+
+    monkeypatch.setenv("COUNTING_LOG", str(tmp_path / "crashed.log"))
+    monkeypatch.setenv("CRASH_AFTER", "7")   # identity 1 done, identity 2 dies after 2 of its 5 images
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="the GPU went away"):
+        build(config, crashed, registry=registry, **QUIET)
+    stored = sorted(p.name for p in (crashed / "generated" / "stage2" / "sunak_1").glob("*.png"))
+    assert stored == ["reference-0.png", "reference-1.png"]
+    monkeypatch.delenv("CRASH_AFTER")
+    build(config, crashed, registry=registry, **QUIET)
+    calls = (tmp_path / "crashed.log").read_text().splitlines()
+    assert calls[8:] == ["sunak_1 degraded 0", "sunak_1 degraded 1", "sunak_1 degraded 2"]
+    assert tree_bytes(crashed) == tree_bytes(whole)

@@ -85,7 +85,8 @@ class Pipeline:
             return {"identity": identity.name, "status": "skipped", "reason": "no-usable-photo", "rows": rows}
         plan = draw_plan(config, identity.name, self.bank)
         references, degraded, skipped = synthesize(self.backend, inputs, plan, self.context, self.detector,
-                                                   self.pose, size, config["stage2"]["backend"])
+                                                   self.pose, size, config["stage2"]["backend"],
+                                                   store=out / layout.STAGE2_IMAGES / identity.name)
         rows += skipped
         if not references:
             return {"identity": identity.name, "status": "skipped", "reason": "no-reference", "rows": rows}

@@ -23,6 +23,9 @@ import torch
 from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform, similarity_transform, warp_affine
 from synfiqa.errors import BadInputError, PluginError
 from synfiqa.faces import detect_and_align
+from synfiqa.images import decode_image, encode_png
+from synfiqa.protocols import stores_images
+from synfiqa.store import append_rows, read_rows, write_atomic
 from synfiqa.synthesis import IdentityInput, IdentityPhoto, Plan, Rendered, sharpness
 from synfiqa.stages.s3_synthesize.plan import DecaBank, SyntheticBank, plan_identity
 
@@ -154,16 +157,55 @@ class FaceFinder:
         return face
 
 
+class RenderedStore:
+    """A backend's images of one identity, stored as they come (``stores_images``): one PNG per
+    image and a JSONL row after it (its source and notes), so that a killed build's rerun
+    reuses every image already made. Lossless, so a reused image is the one first made."""
+
+    ROWS = "rendered.jsonl"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @staticmethod
+    def name(role: str, index: int) -> str:
+        return f"{role}-{index}.png"
+
+    def load(self, plan: Plan) -> list[Rendered]:
+        rows = read_rows(self.folder / self.ROWS, key="name")
+        found = []
+        for spec in plan:
+            name = self.name(spec.role, spec.index)
+            row, path = rows.get(name), self.folder / name
+            if row is None or not path.is_file():
+                continue
+            try:
+                image = decode_image(path.read_bytes(), str(path))
+            except BadInputError:   # a torn or damaged image: made again
+                continue
+            found.append(Rendered(spec.role, spec.index, image, source=row["source"], spec=spec,
+                                  notes=tuple(row.get("notes", ()))))
+        return found
+
+    def keep(self, rendered: Rendered) -> None:
+        name = self.name(rendered.role, rendered.index)
+        write_atomic(self.folder / name, encode_png(rendered.image))
+        append_rows(self.folder / self.ROWS, [{"name": name, "source": rendered.source,
+                                               "notes": list(rendered.notes)}])
+
+
 def synthesize(backend, identity: IdentityInput, plan: Plan, context, detector, pose, size: int,
-               backend_name: str) -> tuple[list[Face], list[Face], list[dict]]:
+               backend_name: str, store: Path | None = None) -> tuple[list[Face], list[Face], list[dict]]:
     """(reference faces, degraded faces, skipped rows), each list ordered by index. A rendered
     image outside the plan, or made twice, is the backend's bug (PluginError); one without a
-    face is a skipped row (reason code of synfiqa.faces)."""
+    face is a skipped row (reason code of synfiqa.faces). With `store` and a backend that
+    ``stores_images``, its images are kept there and reused (:class:`RenderedStore`)."""
     planned = {(spec.role, spec.index) for spec in plan}
     finder = FaceFinder(identity, detector, pose, size)
     faces: dict[tuple[str, int], Face] = {}
     skipped = []
-    for rendered in backend.render(identity, plan, context):
+
+    def take(rendered: Rendered) -> None:
         if not isinstance(rendered, Rendered):
             raise PluginError(f"stage-2 backend {backend_name!r} yielded {type(rendered).__name__}, "
                               "not synfiqa.synthesis.Rendered")
@@ -181,6 +223,21 @@ def synthesize(backend, identity: IdentityInput, plan: Plan, context, detector, 
             skipped.append({"identity": identity.name, "role": rendered.role, "index": rendered.index,
                             "source": rendered.source, "status": "skipped", "reason": error.reason,
                             "detail": str(error)})
+
+    kept = RenderedStore(store) if store is not None and stores_images(backend) else None
+    todo = plan
+    if kept is not None:
+        done = kept.load(plan)
+        for rendered in done:
+            take(rendered)
+        made = {(r.role, r.index) for r in done}
+        todo = Plan(tuple(s for s in plan.references if ("reference", s.index) not in made),
+                    tuple(s for s in plan.degraded if ("degraded", s.index) not in made))
+    if todo.references or todo.degraded:
+        for rendered in backend.render(identity, todo, context):
+            if kept is not None and isinstance(rendered, Rendered) and (rendered.role, rendered.index) in planned:
+                kept.keep(rendered)
+            take(rendered)
     references = [faces[k] for k in sorted(faces) if k[0] == "reference"]
     degraded = [faces[k] for k in sorted(faces) if k[0] == "degraded"]
     return references, degraded, skipped
