@@ -23,6 +23,11 @@ bad input (float
 images, wrong rank or channel count, params of another length, malformed landmarks,
 negative n) raises TypeError or ValueError.
 
+Stage-2 backend checks (``Stage2BackendConformance``, on a synthetic identity that needs no
+face detector, ``conformance_identity``): render yields Rendered items of the plan only, each
+entry once, uint8 pictures, the plan's own spec; determinism; an entry's image does not depend
+on which other entries were asked for.
+
 Annotator checks: the declared scope and score names, one finite score per sample,
 determinism, and that scores follow their samples when the samples are reordered.
 
@@ -52,7 +57,8 @@ from synfiqa.align import ARCFACE_TEMPLATE_112
 from synfiqa.annotation import SampleTable
 from synfiqa.degradation import scalar_record
 
-__all__ = ["AnnotatorConformance", "CheckResult", "DegradationConformance", "conformance_images", "image_changes",
+__all__ = ["AnnotatorConformance", "CheckResult", "DegradationConformance", "Stage2BackendConformance",
+           "conformance_identity", "conformance_images", "image_changes",
            "run_checks", "spearman"]
 
 
@@ -408,13 +414,14 @@ def _cases(function) -> list[tuple[str, dict]]:
 
 
 def run_checks(conformance: type, **attributes) -> list[CheckResult]:
-    """Run every check of a conformance mixin (DegradationConformance, AnnotatorConformance
-    or a subclass of one) without pytest's runner, each on a freshly built component, and
+    """Run every check of a conformance mixin (DegradationConformance, AnnotatorConformance,
+    Stage2BackendConformance or a subclass of one) without pytest's runner, each on a freshly built component, and
     return one CheckResult per check. ``attributes`` set class attributes first: ``factory``,
     ``factory_params``, ``image_size``, ... A subclass whose component fixture is
     parametrised (it reads ``request.param``) needs pytest itself."""
     mixin = type(f"Checked{conformance.__name__}", (conformance,), attributes) if attributes else conformance
-    fixture = "degradation" if issubclass(mixin, DegradationConformance) else "annotator"
+    fixture = ("degradation" if issubclass(mixin, DegradationConformance) else
+               "backend" if issubclass(mixin, Stage2BackendConformance) else "annotator")
     definition = inspect.getattr_static(mixin, fixture)
     build = getattr(definition, "_get_wrapped_function", None)
     results = []
@@ -434,3 +441,98 @@ def run_checks(conformance: type, **attributes) -> list[CheckResult]:
             else:
                 results.append(CheckResult(check, True))
     return results
+
+
+# ---------------------------------------------------------------- Stage-2 backends
+
+
+def conformance_identity(photos: int = 3, size: int = 256, name: str = "conformance") -> "IdentityInput":
+    """A synthetic identity for the Stage-2 kit: `photos` textured images with a face box and
+    the ArcFace template's five landmarks placed in the middle (no detector needed), at
+    different |yaw| and sharpness, so that split_photos has a choice to make."""
+    from synfiqa.models import DetectedFace
+    from synfiqa.synthesis import IdentityInput, IdentityPhoto
+
+    items = []
+    for i in range(photos):
+        image = conformance_images(1, size, size, seed=i)[0].permute(1, 2, 0).numpy().copy()
+        scale = size / 224.0
+        landmarks = ARCFACE_TEMPLATE_112 * 2 * scale + size / 4
+        box = np.array([size / 4, size / 4, size * 3 / 4, size * 3 / 4], dtype=np.float64)
+        crop = image[size // 4: size * 3 // 4, size // 4: size * 3 // 4][::2, ::2].copy()
+        items.append(IdentityPhoto(key=f"photo_{i}.png", image=image,
+                                   face=DetectedFace(box=box, score=1.0, landmarks=landmarks),
+                                   crop=crop, abs_yaw=float(5 * i), sharpness=float(100 - i)))
+    return IdentityInput(name, tuple(items))
+
+
+class _ConformanceContext:
+    """What a backend may read of a run's context in the kit: the config's run seed and the device."""
+
+    def __init__(self, seed: int = 0):
+        self.config = {"run": {"seed": seed}}
+        self.device = torch.device("cpu")
+
+
+class Stage2BackendConformance:
+    """Mixin: set ``factory`` (and ``factory_params``), or override the ``backend`` fixture.
+
+    Checks: ``render`` yields ``synfiqa.synthesis.Rendered`` items of the plan only, each
+    (role, index) at most once, HxWx3 uint8 pictures; a ``spec`` given is the plan's own
+    entry; the same identity and plan give the same images; an entry's image does not depend
+    on which other entries were asked for (needed by ``stores_images`` backends, whose reruns
+    ask for the missing entries only; checked for every backend, since a plan's images should
+    not depend on its length)."""
+
+    factory = None
+    factory_params: dict = {}
+    references, degraded = 2, 3
+
+    @pytest.fixture
+    def backend(self):
+        return _build(self, "backend")
+
+    def identity(self):
+        return conformance_identity()
+
+    def plan(self, references: int | None = None, degraded: int | None = None):
+        from synfiqa.stages.s3_synthesize.plan import SyntheticBank, plan_identity
+        from synfiqa.synthesis import Plan
+
+        r = self.references if references is None else references
+        d = self.degraded if degraded is None else degraded
+        specs = plan_identity("conformance", 0, r, d, SyntheticBank())
+        return Plan(tuple(specs[:r]), tuple(specs[r:]))
+
+    def render(self, backend, plan) -> dict:
+        return {(item.role, item.index): item for item in backend.render(self.identity(), plan, _ConformanceContext())}
+
+    def test_renders_the_plans_entries_once_each(self, backend):
+        from synfiqa.synthesis import Rendered
+
+        plan = self.plan()
+        planned = {(s.role, s.index): s for s in plan}
+        seen = []
+        for item in backend.render(self.identity(), plan, _ConformanceContext()):
+            assert isinstance(item, Rendered), f"render yielded {type(item).__name__}, not Rendered"
+            assert (item.role, item.index) in planned, f"{item.role} {item.index} is not in the plan"
+            seen.append((item.role, item.index))
+            assert item.image.dtype == np.uint8 and item.image.ndim == 3 and item.image.shape[2] == 3
+            assert item.spec is None or item.spec == planned[(item.role, item.index)]
+        assert len(seen) == len(set(seen)), "an entry was made twice"
+        assert any(role == "reference" for role, _ in seen), "no reference was made"
+
+    def test_same_identity_and_plan_same_images(self, backend):
+        first, second = self.render(backend, self.plan()), self.render(backend, self.plan())
+        assert first.keys() == second.keys()
+        assert all(np.array_equal(first[k].image, second[k].image) for k in first)
+
+    def test_an_entry_does_not_depend_on_the_others_asked_for(self, backend):
+        from synfiqa.synthesis import Plan
+
+        full = self.plan()
+        whole = self.render(backend, full)
+        subset = Plan(full.references[:1], full.degraded[-1:])
+        part = self.render(backend, subset)
+        for key, item in part.items():
+            assert key in whole and np.array_equal(item.image, whole[key].image), key

@@ -8,7 +8,7 @@ import torch
 
 from synfiqa.plugins import SynfiqaPluginManager
 from synfiqa.registry import Registry
-from synfiqa.testing import AnnotatorConformance, DegradationConformance
+from synfiqa.testing import AnnotatorConformance, DegradationConformance, Stage2BackendConformance
 
 from degradation_faces import face_batch
 
@@ -63,3 +63,12 @@ class TestBuiltinDatasetAnnotators(AnnotatorConformance):
     @pytest.fixture(params=DATASET_ANNOTATORS)
     def annotator(self, request):
         return REGISTRY.create("annotator", request.param)
+
+
+BACKENDS = [c.name for c in REGISTRY.components("stage2-backend") if c.distribution == "synfiqa"]
+
+
+class TestBuiltinStage2Backends(Stage2BackendConformance):
+    @pytest.fixture(params=BACKENDS)
+    def backend(self, request):
+        return REGISTRY.create("stage2-backend", request.param)

@@ -442,3 +442,27 @@ def test_stored_images_are_reused_after_a_crash(tmp_path, monkeypatch):
     calls = (tmp_path / "crashed.log").read_text().splitlines()
     assert calls[8:] == ["sunak_1 degraded 0", "sunak_1 degraded 1", "sunak_1 degraded 2"]
     assert tree_bytes(crashed) == tree_bytes(whole)
+
+
+def test_the_conformance_kit_catches_a_backend_seeded_by_batch_position():
+    """A backend whose image depends on the entry's place in the request (not on the entry)
+    fails the kit's subset check, and a stores_images backend's rerun would get wrong images."""
+    from synfiqa.synthesis import Rendered
+    from synfiqa.testing import Stage2BackendConformance, run_checks
+
+    class ByPosition:
+        def render(self, identity, plan, context):
+            for position, spec in enumerate(plan):
+                image = np.full((64, 64, 3), 10 * position, np.uint8)
+                yield Rendered(spec.role, spec.index, image, source="x", spec=spec)
+
+    class ByEntry(ByPosition):
+        def render(self, identity, plan, context):
+            for spec in plan:
+                image = np.full((64, 64, 3), 10 * spec.index + (spec.role == "degraded"), np.uint8)
+                yield Rendered(spec.role, spec.index, image, source="x", spec=spec)
+
+    bad = {r.check: r.passed for r in run_checks(Stage2BackendConformance, factory=ByPosition)}
+    good = {r.check: r.passed for r in run_checks(Stage2BackendConformance, factory=ByEntry)}
+    assert bad == {**good, "test_an_entry_does_not_depend_on_the_others_asked_for": False}
+    assert all(good.values()), good
