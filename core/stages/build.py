@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from synfiqa.stages.s2_filter import filter_for_build
 from synfiqa.stages.s3_synthesize import draw_plan, identity_input, load_bank, synthesize
 from synfiqa.stages.s4_degrade import degrade_crops
 from synfiqa.stages.s5_annotate import identity_scores, load_annotators, score_dataset
+from synfiqa.timing import StageTimer
 from synfiqa.store import RecordSet, StageFolder, write_atomic, write_error, write_group, write_text_atomic
 
 
@@ -42,6 +44,7 @@ class Pipeline:
 
     config: dict
     registry: Registry = field(default_factory=get_registry)
+    timer: StageTimer = field(default_factory=StageTimer)   # where this run's time goes (printed, not stored)
 
     def __post_init__(self):
         config, registry = self.config, self.registry
@@ -78,25 +81,28 @@ class Pipeline:
     def build_identity(self, identity, out: Path) -> dict:
         """Stage 2 (plan, backend, faces), Stage 4 (degrade) and the per-identity part of
         Stage 5 (annotate) for one identity; its manifest rows."""
-        config, run = self.config, self.config["run"]
+        config, run, timer = self.config, self.config["run"], self.timer
         size = run["image_size"]
-        inputs, rows = identity_input(identity, self.detector, self.pose, size)
+        with timer("detect+align"):
+            inputs, rows = identity_input(identity, self.detector, self.pose, size)
         if not inputs.photos:
             return {"identity": identity.name, "status": "skipped", "reason": "no-usable-photo", "rows": rows}
-        plan = draw_plan(config, identity.name, self.bank)
+        with timer("plan"):
+            plan = draw_plan(config, identity.name, self.bank)
         references, degraded, skipped = synthesize(self.backend, inputs, plan, self.context, self.detector,
                                                    self.pose, size, config["stage2"]["backend"],
-                                                   store=out / layout.STAGE2_IMAGES / identity.name)
+                                                   store=out / layout.STAGE2_IMAGES / identity.name, timer=timer)
         rows += skipped
         if not references:
             return {"identity": identity.name, "status": "skipped", "reason": "no-reference", "rows": rows}
         quality = run["jpeg_quality"]
 
         def save(name: str, pixels: np.ndarray) -> np.ndarray:
-            data = encode_jpeg(pixels, quality)
-            write_atomic(layout.image_path(out, identity.name, name), data)
-            # score exactly what a reader of the dataset gets back
-            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            with timer("write"):
+                data = encode_jpeg(pixels, quality)
+                write_atomic(layout.image_path(out, identity.name, name), data)
+                # score exactly what a reader of the dataset gets back
+                return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
         stored_references = []
         for face in references:
@@ -113,17 +119,13 @@ class Pipeline:
         indices = [face.rendered.index for face in degraded]
         sampled = self.chain.sample(run["seed"], identity.name, indices)
         params = self.chain.records(sampled, len(indices))
-        if config["stage2"]["degrade_on"] == "detector-crop":
-            images = degrade_crops(self.chain, np.stack([f.detector_crop for f in degraded]),
-                                   np.stack([f.detector_landmarks for f in degraded]), sampled, run["batch_size"],
-                                   to_aligned=np.stack([f.crop_to_aligned for f in degraded]), aligned_size=size)
-        else:
-            images = degrade_crops(self.chain, np.stack([f.crop for f in degraded]),
-                                   np.stack([f.landmarks for f in degraded]), sampled, run["batch_size"])
+        with timer("degrade"):
+            images = self._degrade(degraded, sampled)
         stored = [save(layout.sample_name(k), pixels) for k, pixels in zip(indices, images)]
         sample_tensor = torch.from_numpy(np.stack(stored)).permute(0, 3, 1, 2).contiguous()
 
-        scores = identity_scores(self.annotators, sample_tensor, reference_tensor, self.context)
+        with timer("annotate"):
+            scores = identity_scores(self.annotators, sample_tensor, reference_tensor, self.context)
         reference_sources = {face.rendered.source for face in references if face.rendered.source}
         for i, (face, record) in enumerate(zip(degraded, params)):
             k = face.rendered.index
@@ -134,6 +136,17 @@ class Pipeline:
                          "scores": {key: values[i] for key, values in scores.items()},
                          **_controls(face), **circular, **_notes(face)})
         return {"identity": identity.name, "status": "ok", "rows": rows}
+
+    def _degrade(self, degraded, sampled) -> np.ndarray:
+        """Stage 4 on the identity's samples, in the order stage2.degrade_on says."""
+        config, run = self.config, self.config["run"]
+        size = run["image_size"]
+        if config["stage2"]["degrade_on"] == "detector-crop":
+            return degrade_crops(self.chain, np.stack([f.detector_crop for f in degraded]),
+                                 np.stack([f.detector_landmarks for f in degraded]), sampled, run["batch_size"],
+                                 to_aligned=np.stack([f.crop_to_aligned for f in degraded]), aligned_size=size)
+        return degrade_crops(self.chain, np.stack([f.crop for f in degraded]),
+                             np.stack([f.landmarks for f in degraded]), sampled, run["batch_size"])
 
     # ------------------------------------------------------------ dataset wide
 
@@ -218,7 +231,10 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     out = Path(out)
     registry = registry or get_registry()
     validate_config(config, registry)  # the CLI did already; this covers callers of the Python API
-    pipeline = Pipeline(config, registry)
+    started = time.perf_counter()
+    timer = StageTimer()
+    with timer("load models"):
+        pipeline = Pipeline(config, registry, timer)
     check_input_and_output(pipeline, out)
     pipeline.chain.probe(config["run"]["image_size"])  # a broken degradation plugin is named before anything is written
     generative = protocols.is_generative(pipeline.generator)
@@ -239,7 +255,11 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
             name = config["generate"]["generator"]
             identities = generate_into(pipeline.generator, name, component_params(config, "generate", name),
                                        config["run"]["seed"], out / layout.GENERATED, progress, echo)
-        return _build_identities(pipeline, out, records, identities, shard, progress, echo, stop_after)
+        result = _build_identities(pipeline, out, records, identities, shard, progress, echo, stop_after)
+    echo(f"where this run's time went ({time.perf_counter() - started:.1f} s):")
+    for line in timer.lines(time.perf_counter() - started):
+        echo(line)
+    return result
 
 
 def build_folder(out: Path) -> StageFolder:
@@ -267,7 +287,9 @@ def _build_identities(pipeline, out, records, identities, shard, progress, echo,
         echo(f"rebuilding {len(broken)} identities whose recorded files are missing or changed: {shown}")
     bar = progress_bar(todo, enabled=progress, description="identities", unit="id")
     for count, identity in enumerate(bar, start=1):
-        records.write(identity.name, pipeline.build_identity(identity, out))
+        record = pipeline.build_identity(identity, out)
+        with pipeline.timer("write"):
+            records.write(identity.name, record)
         if stop_after is not None and count >= stop_after:
             return {"stopped_after": count}
     if shard is not None:
@@ -278,12 +300,13 @@ def _build_identities(pipeline, out, records, identities, shard, progress, echo,
     if incomplete:  # another shard's identity lost a file since it was built
         raise BadInputError("incomplete-build", f"{len(incomplete)} identities have missing or changed files "
                             f"({', '.join(incomplete[:5])}); run the build again (or the shard that owns them)")
-    rows, quality, summary = pipeline.finalize([records.read(identity.name) for identity in identities])
-    write_group({  # all or none: never a manifest without its scores
-        out / layout.MANIFEST: "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode(),
-        out / layout.QUALITY_SCORES: layout.format_quality_scores(quality).encode(),
-        out / layout.SUMMARY: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
-    }, out)
+    with pipeline.timer("dataset-wide"):
+        rows, quality, summary = pipeline.finalize([records.read(identity.name) for identity in identities])
+        write_group({  # all or none: never a manifest without its scores
+            out / layout.MANIFEST: "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode(),
+            out / layout.QUALITY_SCORES: layout.format_quality_scores(quality).encode(),
+            out / layout.SUMMARY: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
+        }, out)
     for line in stage_summary(config, summary, protocols.skipped_files(pipeline.generator),
                               summary["missing_domains"]):
         echo(line)

@@ -26,6 +26,7 @@ from synfiqa.faces import detect_and_align
 from synfiqa.images import decode_image, encode_png
 from synfiqa.protocols import stores_images
 from synfiqa.store import append_rows, read_rows, write_atomic
+from synfiqa.timing import NoTimer, StageTimer
 from synfiqa.synthesis import IdentityInput, IdentityPhoto, Plan, Rendered, sharpness
 from synfiqa.stages.s3_synthesize.plan import DecaBank, SyntheticBank, plan_identity
 
@@ -195,11 +196,14 @@ class RenderedStore:
 
 
 def synthesize(backend, identity: IdentityInput, plan: Plan, context, detector, pose, size: int,
-               backend_name: str, store: Path | None = None) -> tuple[list[Face], list[Face], list[dict]]:
+               backend_name: str, store: Path | None = None,
+               timer: StageTimer | None = None) -> tuple[list[Face], list[Face], list[dict]]:
     """(reference faces, degraded faces, skipped rows), each list ordered by index. A rendered
     image outside the plan, or made twice, is the backend's bug (PluginError); one without a
     face is a skipped row (reason code of synfiqa.faces). With `store` and a backend that
-    ``stores_images``, its images are kept there and reused (:class:`RenderedStore`)."""
+    ``stores_images``, its images are kept there and reused (:class:`RenderedStore`). `timer`
+    gets the backend's time as "generate" and the faces' as "faces"."""
+    timer = timer or NoTimer()
     planned = {(spec.role, spec.index) for spec in plan}
     finder = FaceFinder(identity, detector, pose, size)
     faces: dict[tuple[str, int], Face] = {}
@@ -234,10 +238,16 @@ def synthesize(backend, identity: IdentityInput, plan: Plan, context, detector, 
         todo = Plan(tuple(s for s in plan.references if ("reference", s.index) not in made),
                     tuple(s for s in plan.degraded if ("degraded", s.index) not in made))
     if todo.references or todo.degraded:
-        for rendered in backend.render(identity, todo, context):
+        made = iter(backend.render(identity, todo, context))
+        while True:
+            with timer("generate"):
+                rendered = next(made, None)
+            if rendered is None:
+                break
             if kept is not None and isinstance(rendered, Rendered) and (rendered.role, rendered.index) in planned:
                 kept.keep(rendered)
-            take(rendered)
+            with timer("faces"):
+                take(rendered)
     references = [faces[k] for k in sorted(faces) if k[0] == "reference"]
     degraded = [faces[k] for k in sorted(faces) if k[0] == "degraded"]
     return references, degraded, skipped
