@@ -52,3 +52,10 @@ def register_commands(cli):
     convert = cli.commands.get("convert")
     if convert is not None:
         convert.add_command(_convert_command())
+
+
+@hookimpl
+def register_stage2_backends(register):
+    from .backend import CapHumanBackend
+
+    register("caphuman", CapHumanBackend)
