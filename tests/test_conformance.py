@@ -71,4 +71,9 @@ BACKENDS = [c.name for c in REGISTRY.components("stage2-backend") if c.distribut
 class TestBuiltinStage2Backends(Stage2BackendConformance):
     @pytest.fixture(params=BACKENDS)
     def backend(self, request):
-        return REGISTRY.create("stage2-backend", request.param)
+        from synfiqa.errors import WeightsNotFoundError
+
+        try:
+            return REGISTRY.create("stage2-backend", request.param)
+        except WeightsNotFoundError as error:   # caphuman: its tiny-model build tests cover it
+            pytest.skip(f"{request.param} needs model files: {str(error)[:120]}")
