@@ -59,6 +59,10 @@ def weights(tmp_path_factory):
     rng = np.random.default_rng(1)
     np.savez(root / "flame-texture" / "FLAME_texture.npz", mean=rng.uniform(50, 200, (1, 8 * 8 * 3)),
              tex_dir=rng.normal(0, 2, (8 * 8 * 3, 50)))
+    from synfiqa_plugins.stage2.caphuman.face_parser import BiSeNet
+
+    (root / "caphuman-face-parser").mkdir()
+    torch.save(BiSeNet().state_dict(), root / "caphuman-face-parser" / "FaceParser.pth")
     return root
 
 
@@ -130,5 +134,5 @@ def test_missing_weights_are_named_on_one_line(tmp_path, monkeypatch):
     message = str(error.value)
     assert "\n" not in message
     for name in ("caphuman.json", "20180402-114759-vggface2.pt", "deca_model.tar", "generic_model.pkl",
-                 "landmark_embedding.npy", "FLAME_texture.npz"):
+                 "landmark_embedding.npy", "FLAME_texture.npz", "FaceParser.pth"):
         assert name in message

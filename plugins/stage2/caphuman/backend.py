@@ -5,8 +5,9 @@ Per identity (once): its first photo (the generator's) gives
 * the **ID token**: facenet-pytorch's ``MTCNN(image_size=160)`` crop with its standardisation
   (``(x - 127.5) / 128``), through FaceNet (VGGFace2): 512 numbers; where MTCNN finds no face,
   the whole photo resized to 160 in [0, 1], unstandardised, as the original falls back (a note);
-* the **image tokens**: the photo (face parsing: ``parser = "none"`` keeps it as is; see
-  docs/stage2_diffusion.md) resized to the CLIP processor's side (bicubic), CLIP-normalised,
+* the **image tokens**: the photo with background, ears, neck, cloth, hair and hat whitened by
+  CapHuman's BiSeNet face parser (``parser = "bisenet"``, FaceParser.pth; ``"none"`` keeps the
+  photo as is; face_parser.py) resized to the CLIP processor's side (bicubic), CLIP-normalised,
   through CLIP ViT-L/14 vision: ``last_hidden_state`` (257 x 1024);
 * the **FLAME identity**: DECA's ``E_flame`` on DECA's crop of the photo resized to 512 (the
   core's detected face box, scaled): shape (100) and tex (50) codes.
@@ -29,6 +30,7 @@ from synfiqa.seeding import torch_generator
 from synfiqa.synthesis import Rendered
 
 from .assets import MODEL_ASSET, locate_all
+from .face_parser import ASSET as PARSER_ASSET, load_face_parser, whiten
 from .network import GUIDANCE, STEPS, decode, denoise, initial_noise, load_networks
 
 LATENT_FACTOR = 8
@@ -40,7 +42,7 @@ class CapHumanBackend:
     stores_images = True
 
     def __init__(self, model: str = "", facenet: str = "", deca: str = "", flame: str = "", landmarks: str = "",
-                 texture: str = "", parser: str = "none", size: int = 512, steps: int = STEPS,
+                 texture: str = "", parser: str = "bisenet", parser_path: str = "", size: int = 512, steps: int = STEPS,
                  guidance: float = GUIDANCE, batch_size: int = 10, fp16: bool = True, reuse_control: bool = True,
                  device: str = "auto"):
         from synfiqa.models import resolve_device
@@ -48,16 +50,17 @@ class CapHumanBackend:
         from synfiqa_plugins.headmodel.hints import uv_layout
         from synfiqa_plugins.headmodel.shading import FlameTexture
 
-        if parser != "none":
-            raise ConfigError(f"caphuman: parser {parser!r} is not available; only 'none' (the BiSeNet face parser "
-                              f"is not implemented yet, docs/stage2_diffusion.md)")
+        if parser not in ("bisenet", "none"):
+            raise ConfigError(f"caphuman: parser must be 'bisenet' (the original's face parsing) or 'none', "
+                              f"got {parser!r}")
         if not isinstance(size, int) or size < 64 or size % 64:
             raise ConfigError(f"caphuman: size must be a multiple of 64 (>= 64), got {size!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"caphuman: batch_size must be a positive integer, got {batch_size!r}")
         files = locate_all({"model": (MODEL_ASSET, model), "facenet": ("facenet-vggface2", facenet),
                             "deca": ("deca-model", deca), "flame": ("flame-generic-model", flame),
-                            "landmarks": ("flame-landmark-embedding", landmarks), "texture": ("flame-texture", texture)})
+                            "landmarks": ("flame-landmark-embedding", landmarks), "texture": ("flame-texture", texture),
+                            **({"parser": (PARSER_ASSET, parser_path)} if parser == "bisenet" else {})})
         self.device = torch.device(resolve_device(device))
         self.dtype = torch.float16 if (fp16 and self.device.type == "cuda") else torch.float32
         self.networks, self.text, self.image_encoder, self.meta = load_networks(files["model"].parent, self.device,
@@ -66,6 +69,7 @@ class CapHumanBackend:
         from synfiqa_plugins.models.facenet import build_facenet
 
         self.facenet = build_facenet(files["facenet"]).to(self.device)
+        self.parser = load_face_parser(files["parser"]).to(self.device) if parser == "bisenet" else None
         self.deca = load_deca_encoder(files["deca"]).to(self.device)
         model_dict = load_generic_model(files["flame"])
         self.flame = Flame(model_dict, load_landmark_embedding(files["landmarks"]))
@@ -98,7 +102,8 @@ class CapHumanBackend:
         side = int(settings["size"])
         from PIL import Image
 
-        resized = np.asarray(Image.fromarray(photo.image).resize((side, side), Image.BICUBIC), dtype=np.float32) / 255.0
+        parsed = photo.image if self.parser is None else whiten(photo.image, self.parser, self.device)
+        resized = np.asarray(Image.fromarray(parsed).resize((side, side), Image.BICUBIC), dtype=np.float32) / 255.0
         pixels = (torch.from_numpy(resized).permute(2, 0, 1) - torch.tensor(settings["mean"])[:, None, None]) \
             / torch.tensor(settings["std"])[:, None, None]
         tokens = self.image_encoder(pixel_values=pixels[None].to(self.device, self.dtype)).last_hidden_state.float()
