@@ -213,7 +213,8 @@ def models_list(as_json):
 # Stage commands live in their own modules; each exposes COMMANDS, a list of click commands.
 STAGE_COMMAND_MODULES = (
     "synfiqa_cli.generate", "synfiqa_cli.filter", "synfiqa_cli.degrade", "synfiqa_cli.annotate",
-    "synfiqa_cli.score", "synfiqa_cli.evaluate", "synfiqa_cli.ops", "synfiqa_cli.convert",
+    "synfiqa_cli.score", "synfiqa_cli.evaluate", "synfiqa_cli.ops", "synfiqa_cli.convert", "synfiqa_cli.train",
+    "synfiqa_cli.export",
 )
 
 

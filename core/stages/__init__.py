@@ -6,6 +6,7 @@
                    light, framing, prompt; plan.py), and the backend that turns it into face crops
     s4_degrade     the degradation chain over aligned faces, every parameter recorded
     s5_annotate    the MR label: fr, sd, vl per sample, then dataset-wide ranks and min-max
+    s6_train       a FIQA network trained on built datasets (CR-FIQA recipe, CR or MR target, DDP)
     s7_score       quality scores of any photos: FIQA networks or the MR label with references
     s8_evaluate    EDC / pAUC of a quality score against face recognition
     build          runs s1, s2, the per-identity work (align, references, s4, s5) and the
