@@ -93,13 +93,35 @@ def undeclared(imports: dict[str, set[str]], allowed: set[str]) -> list[str]:
 
 # the conformance kit is pytest mixins: it runs under pytest, which the [test] extra brings
 KIT = "core/testing.py"
+# modules behind an optional extra: a module only these files import may come from the
+# extra, and they import it inside functions only (synfiqa imports without the extra)
+EXTRA_FILES = {"core/stages/export/writers.py": "export"}
+
+
+def module_level_imports(path: str) -> set[str]:
+    tree = ast.parse((ROOT / path).read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def test_every_runtime_import_is_declared():
     imports = top_level_imports(RUNTIME_SOURCES)
     kit_only = {module for module, files in imports.items() if files == {KIT}}
-    problems = undeclared({m: f for m, f in imports.items() if m not in kit_only}, declared())
+    extra_only = {module: EXTRA_FILES[next(iter(files))] for module, files in imports.items()
+                  if len(files) == 1 and next(iter(files)) in EXTRA_FILES}
+    plain = {m: f for m, f in imports.items() if m not in kit_only and m not in extra_only}
+    problems = undeclared(plain, declared())
     problems += undeclared({m: imports[m] for m in kit_only}, declared("test"))
+    for module, extra in extra_only.items():
+        if undeclared({module: imports[module]}, declared()):  # not a plain dependency: must be the extra's
+            problems += undeclared({module: imports[module]}, declared(extra))
+            problems += [f"{module} (optional extra [{extra}]) is imported at module level by {path}"
+                         for path in imports[module] if module in module_level_imports(path)]
     assert not problems, "\n".join(problems)
 
 
@@ -152,7 +174,7 @@ def test_the_lock_pins_every_declared_distribution_exactly():
     pins = _lock()
     # setuptools too: the tests install the example plugin without build isolation, and
     # pip freeze leaves it out unless asked (--all)
-    missing = sorted((declared("test") | {"setuptools"}) - pins.keys())
+    missing = sorted((declared("test") | declared("export") | {"setuptools"}) - pins.keys())
     assert not missing, f"requirements.lock lacks {missing}: run `make lock`"
 
 
