@@ -198,3 +198,28 @@ def test_missing_weights_are_named_on_one_line(tmp_path, monkeypatch):
     for name in ("arc2face/config.json", "controlnet/config.json", "encoder/config.json", "w600k_r50.onnx",
                  "generic_model.pkl", "landmark_embedding.npy"):
         assert name in message
+
+
+def test_the_loop_matches_diffusers_controlnet_pipeline(tmp_path):
+    """The sampler against diffusers' own StableDiffusionControlNetPipeline (DDIM, eta 0, CFG,
+    the same prompt embeddings, starting latents and hint): the same final latents."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from synfiqa_plugins.stage2.arc2face import denoise, load_folder
+
+    unet, controlnet, vae, encoder, tokenizer, scheduler = load_folder(write_arc2face_folder(tmp_path / "a"), "cpu",
+                                                                        torch.float32)
+    g = torch.Generator().manual_seed(5)
+    text, negative = torch.randn(2, 77, WIDTH, generator=g), torch.randn(2, 77, WIDTH, generator=g)
+    noise, hint = torch.randn(2, 4, 16, 16, generator=g), torch.rand(2, 3, 128, 128, generator=g)
+    ours = denoise(unet, controlnet, scheduler, noise, hint, text, negative, steps=4, guidance=3.0)
+    pipe = StableDiffusionControlNetPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
+                                             controlnet=controlnet, scheduler=scheduler, safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompt_embeds=text, negative_prompt_embeds=negative, image=hint, latents=noise.clone(),
+                  num_inference_steps=4, guidance_scale=3.0, eta=0.0, height=128, width=128,
+                  output_type="latent").images
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+    assert not torch.allclose(ours, denoise(unet, controlnet, scheduler, noise, hint, text, negative, steps=4,
+                                            guidance=1.0), atol=1e-3)

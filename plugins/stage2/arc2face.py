@@ -87,9 +87,9 @@ def encode_identity(tokenizer, text_encoder, hook: IdTokenHook, embeddings: torc
 @torch.no_grad()
 def denoise(unet, controlnet, scheduler, noise: torch.Tensor, hint: torch.Tensor, text: torch.Tensor,
             negative: torch.Tensor, steps: int = STEPS, guidance: float = GUIDANCE) -> torch.Tensor:
-    """DDIM (eta 0) + CFG from `noise` (N, 4, h, w); the ControlNet on `hint` (N, 3, 8h, 8w)
-    serves both halves (its input is the identity prompt in both; the residuals are computed
-    with the conditional text on both halves, as diffusers' pipeline does for the full batch)."""
+    """DDIM (eta 0) + CFG from `noise` (N, 4, h, w) to the final latents (float32). The
+    ControlNet on `hint` (N, 3, 8h, 8w, in [0, 1]) runs on both halves, each with its own text
+    (the identity prompt, the empty prompt), as diffusers' StableDiffusionControlNetPipeline does."""
     dtype, device = unet.dtype, unet.device
     scheduler.set_timesteps(steps, device=device)
     latents = noise.to(device=device, dtype=torch.float32)
