@@ -6,6 +6,7 @@ the one-line error for missing files. Random networks draw no faces."""
 from __future__ import annotations
 
 import copy
+import os
 import json
 from types import SimpleNamespace
 
@@ -223,3 +224,37 @@ def test_the_loop_matches_diffusers_controlnet_pipeline(tmp_path):
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
     assert not torch.allclose(ours, denoise(unet, controlnet, scheduler, noise, hint, text, negative, steps=4,
                                             guidance=1.0), atol=1e-3)
+
+
+def _load_encoder_with_info(folder):
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel.from_pretrained(folder, output_loading_info=True)
+
+
+def test_an_encoder_saved_in_the_transformers_4_layout_loads_under_transformers_5(tmp_path):
+    """Arc2Face's encoder/ was saved by transformers 4 (keys under `text_model.`); transformers
+    5's CLIPTextModel has no such level (STAGE2.md 2.4). Every weight must still arrive."""
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=12)
+    torch.manual_seed(0)
+    state = CLIPTextModel(config).state_dict()
+    legacy = {(key if key.startswith("text_model.") else f"text_model.{key}"): value.contiguous()
+              for key, value in state.items()}
+    assert all(key.startswith("text_model.") for key in legacy)
+    config.save_pretrained(tmp_path)
+    save_file(legacy, tmp_path / "model.safetensors")
+    model, info = _load_encoder_with_info(tmp_path)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in state.items())
+
+
+@pytest.mark.skipif(not os.environ.get("SYNFIQA_ARC2FACE_ENCODER"),
+                    reason="set SYNFIQA_ARC2FACE_ENCODER to the real Arc2Face encoder/ folder to run")
+def test_the_real_arc2face_encoder_loads_every_key():
+    model, info = _load_encoder_with_info(os.environ["SYNFIQA_ARC2FACE_ENCODER"])
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
