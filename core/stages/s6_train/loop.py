@@ -477,7 +477,7 @@ def _finish(result: TrainResult, module: TrainModule, dataset: FaceDataset, sett
     rows = read_metrics(out)
     per_epoch = result.steps_per_epoch
     decays = [(m - 1) * per_epoch for m in settings.decay_epochs]
-    title = (f"{settings.arch}, {settings.head} head, {settings.target} target: {result.samples} images, "
+    title = (f"{settings.network} {settings.arch}, {settings.head} head, {settings.target} target: {result.samples} images, "
              f"{result.classes} identities, steps {rows[0]['step'] if rows else 0}..{result.end_step}")
     write_atomic(out / PLOT, loss_plot(rows, title, decays))
 
