@@ -9,6 +9,7 @@
     s6_train       a FIQA network trained on built datasets (CR-FIQA recipe, CR or MR target, DDP)
     s7_score       quality scores of any photos: FIQA networks or the MR label with references
     s8_evaluate    EDC / pAUC of a quality score against face recognition
+    export         a finished build as WebDataset shards, MXNet RecordIO, Parquet or an HF imagefolder
     build          runs s1, s2, the per-identity work (align, references, s4, s5) and the
                    dataset-wide step into one SynFIQA dataset
 

@@ -22,6 +22,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +94,11 @@ class DatasetScores:
     label: str | None               # the score written to Quality-Scores.txt
     missing: dict[str, str]         # domain -> why the label was computed without it
 
-    @property
+    @cached_property
     def partial(self) -> list[str]:
-        """The note each sample's scores carry when a domain was missing."""
+        """The note each sample's scores carry when a domain was missing: computed once, one
+        list that every row shares (a build puts it on each of up to millions of rows); do not
+        mutate it."""
         return [f"computed without {domain}" for domain in sorted(self.missing)]
 
     def summary_lines(self) -> list[str]:

@@ -42,16 +42,18 @@ INSTALL_HINT = 'pip install "synfiqa[export]"'
 
 
 @contextmanager
-def atomic_file(path: Path, root: Path):
+def atomic_file(path: Path, root: Path, sync: bool = True):
     """A file written through a temporary name and renamed into place when the block ends
-    without an error (synced first); on any error the temporary is removed."""
+    without an error (synced first unless `sync` is false: the caller syncs many small files
+    at once); on any error the temporary is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_name(path)
     try:
         with open(temporary, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
@@ -260,12 +262,13 @@ def write_hf(build: Build, out: Path, progress=None) -> dict:
     bar = progress_bar(total=len(build.samples), enabled=progress, description="hf", unit="sample")
     for sample in build.samples:
         name = f"{sample.identity}/{sample.file_name}"
-        with atomic_file(split / name, out) as handle, open(build.image_path(sample), "rb") as source:
+        with atomic_file(split / name, out, sync=False) as handle, open(build.image_path(sample), "rb") as source:
             shutil.copyfileobj(source, handle)
         row = flat_row(sample)
         lines.append(json.dumps({"file_name": name, **{c: row.get(c) for c in columns}}, sort_keys=False))
         bar.update(1)
     bar.close()
+    os.sync()  # the images on disk before the metadata that names them (one sync, not one per image)
     with atomic_file(split / HF_METADATA, out) as handle:  # last: the images it names are there
         handle.write(("\n".join(lines) + "\n").encode())
     return {"files": [f"{HF_SPLIT}/{HF_METADATA}"], "images": len(lines)}
