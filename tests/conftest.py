@@ -67,3 +67,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny networks: on a shared 2-core machine two OpenMP threads are about
+    100x slower than one. Use it per module (``pytestmark = pytest.mark.usefixtures(
+    "one_torch_thread")``), never by setting the thread count at import: that would change it
+    for the whole session, and a build's bytes depend on it (test_build_outputs_unchanged)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

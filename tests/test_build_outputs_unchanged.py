@@ -17,11 +17,13 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 
 from synfiqa.config import load_config
 from synfiqa.stages.build import build
 
 HASHES = Path(__file__).parent / "data" / "build_hashes.json"
+BUILD_THREADS = 2
 LIBRARIES = ("torch", "numpy", "pillow", "opencv-python-headless", "scipy", "dlib-bin", "facenet-pytorch", "onnx")
 ALL_DEGRADATIONS = ["blur-downscale", "sensor-noise", "jpeg", "motion-blur", "defocus-blur", "illumination", "occlusion"]
 BUILDS = {
@@ -44,7 +46,14 @@ def file_hashes(root: Path) -> dict[str, str]:
 def test_build_writes_the_recorded_bytes(name, tmp_path):
     recorded = json.loads(HASHES.read_text()) if HASHES.is_file() else {}
     out = tmp_path / name
-    build(load_config(None, BUILDS[name]), out, echo=lambda *_: None)
+    # a build's bytes depend on torch's thread count (measured: 1 thread and 2 differ), so the
+    # hashes are recorded and checked at a fixed count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        build(load_config(None, BUILDS[name]), out, echo=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
     hashes = file_hashes(out)
     if os.environ.get("SYNFIQA_RECORD_BUILD_HASHES"):
         recorded.setdefault(environment(), {})[name] = hashes

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(1)
+from synfiqa.filtering import FaceSubject
 
-from synfiqa.filtering import FaceSubject  # noqa: E402
+from synfiqa_plugins.filters import clip_attributes as ca
 
-from synfiqa_plugins.filters import clip_attributes as ca  # noqa: E402
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bytes_to_unicode() -> dict[int, str]:

@@ -12,12 +12,7 @@ from synfiqa.errors import CheckpointError
 from synfiqa_plugins.headmodel.deca_encoder import (PARAMS, DecaEncoder, deca_box, deca_crop, load_deca_encoder)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize_bn(model, seed=0):

@@ -12,12 +12,7 @@ from synfiqa.errors import CheckpointError
 from synfiqa_plugins.stage2.caphuman import face_parser as fp
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_key_layout_is_the_published_checkpoints():

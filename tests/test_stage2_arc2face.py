@@ -32,12 +32,7 @@ SETTINGS = ['stage2.backend="arc2face"', "run.references=2", "run.degraded=3", '
             "stage2.params.arc2face.batch_size=4"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_tokenizer_files(folder):

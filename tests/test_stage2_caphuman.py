@@ -19,13 +19,7 @@ from synfiqa_plugins.stage2.caphuman.random_init import random_networks
 N, STEPS, TOKENS, WORDS = 3, 4, 6, 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: two OpenMP threads on a shared 2-core machine are 100x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

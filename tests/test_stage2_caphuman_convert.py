@@ -23,12 +23,7 @@ CONFIG = L.tiny_config()
 TEXT_WIDTH, VISION_WIDTH = 32, 24      # the UNet's context and img_linear's input in CONFIG
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def byte_vocabulary() -> dict[str, int]:
