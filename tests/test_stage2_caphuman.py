@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def nets(one_thread) -> Networks:
+def nets(one_torch_thread) -> Networks:
     networks = random_networks("tiny")
     with torch.no_grad():   # a mask head whose hard mask is partial on random hints
         head = networks.controlface.mask_head[0]
