@@ -203,7 +203,8 @@ def weights_env(monkeypatch, root):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
 
 
-def test_render_command_writes_the_hints(tmp_path, monkeypatch):
+def flame_weights(tmp_path, monkeypatch):
+    """The tiny head model's FLAME files where synfiqa.weights finds them."""
     weights = tmp_path / "weights"
     raw = head_model()
     (weights / "flame-generic-model").mkdir(parents=True)
@@ -212,6 +213,10 @@ def test_render_command_writes_the_hints(tmp_path, monkeypatch):
     np.save(weights / "flame-landmark-embedding" / "landmark_embedding.npy", tiny_landmarks(len(raw["f"])),
             allow_pickle=True)
     weights_env(monkeypatch, weights)
+
+
+def test_render_command_writes_the_hints(tmp_path, monkeypatch):
+    flame_weights(tmp_path, monkeypatch)
     np.save(tmp_path / "alice.npy", np.full(20, 0.5, np.float32))
     out = tmp_path / "out"
     result = CliRunner().invoke(render_cli(), ["render", "--identity-shape", str(tmp_path / "alice.npy"),
@@ -271,14 +276,7 @@ def test_synfiqa_render_is_reachable_from_the_command_line(tmp_path, monkeypatch
                                text=True, timeout=120)
     assert help_text.returncode == 0, help_text.stderr
     assert "--identity NAME" in help_text.stdout and "--index" in help_text.stdout
-    weights = tmp_path / "weights"
-    raw = head_model()
-    (weights / "flame-generic-model").mkdir(parents=True)
-    (weights / "flame-generic-model" / "generic_model.pkl").write_bytes(dump_with_fake_chumpy(raw))
-    (weights / "flame-landmark-embedding").mkdir()
-    np.save(weights / "flame-landmark-embedding" / "landmark_embedding.npy", tiny_landmarks(len(raw["f"])),
-            allow_pickle=True)
-    weights_env(monkeypatch, weights)
+    flame_weights(tmp_path, monkeypatch)
     outputs = {}
     for identity in ("ardern", "macron"):
         out = tmp_path / identity

@@ -24,17 +24,13 @@ from synfiqa.stages.build import build
 from synfiqa.stages.s3_synthesize import detector_crop, detector_square
 from synfiqa.synthesis import sharpness, split_photos
 from synfiqa_cli.main import cli
+from tests.test_build import read_manifest, tree_bytes
 
 ECHO = ['stage2.backend="echo"', "run.references=2", "run.degraded=8"]
 QUIET = dict(echo=lambda *_: None)
 
 
-def rows_of(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+rows_of = read_manifest
 
 
 @pytest.fixture(scope="module")
