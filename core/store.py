@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from synfiqa.errors import OutputConflictError, OutputWriteError
 
@@ -57,17 +57,20 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, text.encode("utf-8"))
 
 
-def write_group(files: dict[Path, bytes], root: Path) -> None:
+def write_group(files: dict[Path, bytes | Iterable[bytes]], root: Path) -> None:
     """Replace several files together: every new version is written and synced to a temporary
     name first, and only when all of them are on disk are they renamed into place. A full disk
-    leaves the previous versions (or none) of all of them, never a manifest without its scores."""
+    leaves the previous versions (or none) of all of them, never a manifest without its scores.
+    A file's content is bytes, or an iterable of byte chunks written as they come (a manifest
+    of a million rows never exists whole in memory)."""
     temporaries = {}
     try:
         for path, data in files.items():
             temporary = temporary_name(path)
             temporaries[path] = temporary
             with open(temporary, "wb") as handle:
-                handle.write(data)
+                for chunk in ([data] if isinstance(data, bytes) else data):
+                    handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
     except OSError as error:
