@@ -28,6 +28,9 @@ class BadInputError(SynfiqaError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self):  # pickled whole (a Ray worker's error reaches the driver), not as Exception(message)
+        return type(self), (self.reason, str(self))
+
 
 class WeightsNotFoundError(SynfiqaError):
     """A model asset is missing or corrupt."""
