@@ -54,7 +54,8 @@ def _fmr_list(ctx, param, value: str) -> list[float]:
 @click.option("--curves", is_flag=True, help="Include every curve point in the JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the results as CSV.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Also write the markdown tables.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the EDC plot (PNG).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write the EDC plot; the suffix chooses the format: .png, .pdf or .svg.")
 @click.option("--save-embeddings", type=click.Path(dir_okay=False),
               help="Keep computed embeddings in this .npz (one dataset only).")
 @click.option("--detector", default="mtcnn", show_default=True)
@@ -95,6 +96,10 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
     limit_top = 0.95 if protocol == "A" else 1.0
     if not 0 < discard_limit <= limit_top:
         raise ConfigError(f"--discard-limit must lie in (0, {limit_top}] for protocol {protocol}, got {discard_limit}")
+    if plot_path:  # a refused suffix stops before any model runs
+        from synfiqa.stages.s8_evaluate.plot import plot_format
+
+        plot_format(plot_path)
     if spec and (pairs or embeddings or quality_files or images or dataset_name):
         raise ConfigError("--spec lists the datasets; do not combine it with --pairs/--embeddings/--quality/--images/--name")
     if benchmark_dirs:
@@ -158,10 +163,9 @@ def evaluate(pairs, pairs_format, embeddings, embedder, quality_files, scorers, 
     if plot_path:
         from synfiqa.stages.s8_evaluate.plot import plot_edc
 
-        plot_edc(results, plot_path)
-    for result in results:
-        for note in result.warnings:
-            click.echo(f"warning: {note}", err=True)
+        plot_edc(results, plot_path, recognition=embedder or (Path(embeddings).name if embeddings else None))
+    for note in report.warnings_of(results):
+        click.echo(f"warning: {note}", err=True)
 
 
 class _Models:

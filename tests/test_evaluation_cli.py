@@ -95,7 +95,7 @@ def test_markdown_csv_and_plot(tmp_path):
     assert len(rows) == 6 and {r["method"] for r in rows} == {"quality", "random"}
     assert {r["fmr_target"] for r in rows} == {"0.01", "0.001", "0.0001"}
     image = Image.open(tmp_path / "edc.png")
-    assert image.format == "PNG" and image.size[0] == 3 * 440
+    assert image.format == "PNG" and image.size[0] > 2 * image.size[1]  # three FMR panels side by side
 
 
 def test_several_datasets_from_a_spec_and_their_mean(tmp_path):

@@ -1,127 +1,120 @@
-"""EDC plots as PNG, drawn with Pillow (no plotting library needed): one panel per dataset
-and FMR target, one line per quality method; protocol A curves are polylines through the
-discard levels, protocol B curves are steps (left-constant, as their area is computed).
-A dashed line marks the discard limit of the pAUC."""
+"""EDC plots through matplotlib, as PNG, PDF or SVG (chosen by the file's suffix): one panel
+per dataset and FMR target, one line per quality method. Each method has its own line style
+and marker as well as its colour, so a greyscale print keeps them apart; the legend names
+the method and its pAUC; the pAUC's discard limit is marked. Protocol A curves run through
+the 20 discard levels; protocol B curves are steps (left-constant, as their area is computed).
+
+matplotlib is imported inside `plot_edc` only, so the CLI starts without it."""
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
+from synfiqa.errors import ConfigError
 from synfiqa.stages.s8_evaluate.dataset import DatasetResult
-from synfiqa.stages.s8_evaluate.report import fmr_label, method_names
+from synfiqa.stages.s8_evaluate.report import (common_decimals, fmr_label, format_number, method_names,
+                                               unreachable_fmrs)
 from synfiqa.store import write_atomic
 
-PANEL_SIZE = (440, 330)
-MARGIN = dict(left=62, right=16, top=34, bottom=48)
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-           "#7f7f7f", "#bcbd22"]
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+PANEL_INCHES = (3.6, 2.9)
+PNG_DPI = 200
+# Okabe & Ito's colour-blind-safe palette; the styles and markers alone keep eight methods
+# apart in greyscale
+COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+LINE_STYLES = ["-", "--", "-.", ":", (0, (5, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2)), (0, (1, 1)), (0, (3, 1, 1, 1))]
+MARKERS = ["o", "s", "^", "D", "v", "x", "P", "*"]
+STYLE = {
+    # text stays text: searchable and editable in the PDF and SVG; TrueType (42) rather than
+    # Type 3 fonts, which some publishers' PDF checks refuse
+    "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none",
+    "svg.hashsalt": "synfiqa",  # the SVG's element ids, hence its bytes, repeat from run to run
+    "font.size": 8, "axes.titlesize": 8.5, "legend.fontsize": 7, "axes.labelsize": 8,
+}
+# the files carry no creation date, so one evaluation always writes the same bytes
+METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}, "svg": {"Date": None}}
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
+def plot_format(path: str | Path) -> str:
+    """"png", "pdf" or "svg" from the file's suffix; ConfigError for any other."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(f"cannot draw a plot into {str(path)!r}: the file name must end in "
+                          f"{', '.join(FORMATS)} (the suffix chooses the format)")
+    return FORMATS[suffix]
 
 
-def _nice_top(value: float) -> float:
-    """A round y-axis top at or above the value."""
-    if not math.isfinite(value) or value <= 0:
-        return 1.0
-    magnitude = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if step * magnitude >= value:
-            return step * magnitude
-    return 10 * magnitude
+# the table's value under a name short enough for a legend
+LEGEND_VALUE_NAMES = {"pAUC (normalised)": "pAUC", "pAUC (stepwise)": "pAUC", "pAUC - theoretical best": "pAUC−best"}
 
 
-def _curve_points(x: np.ndarray, y: np.ndarray, steps: bool) -> tuple[np.ndarray, np.ndarray]:
-    finite = np.isfinite(y)
-    x, y = x[finite], y[finite]
-    if steps and len(x) > 1:
-        # left-constant: hold y[i] until x[i+1], then jump
-        xs = np.repeat(x, 2)[1:]
-        ys = np.repeat(y, 2)[:-1]
-        return xs, ys
-    return x, y
-
-
-def _draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], dataset: DatasetResult, column: int,
-                colours: dict[str, str], fonts) -> None:
-    small, normal = fonts
-    ox, oy = origin
-    width, height = PANEL_SIZE
-    left, top = ox + MARGIN["left"], oy + MARGIN["top"]
-    right, bottom = ox + width - MARGIN["right"], oy + height - MARGIN["bottom"]
+def _draw_panel(axes, dataset: DatasetResult, column: int, styles: dict[str, dict], unreachable: dict) -> None:
     curves = [(m.method, m.curves[column]) for m in dataset.methods]
-    protocol = curves[0][1].protocol
-    limit = curves[0][1].discard_limit
-    x_top = 1.0
-    y_values = np.concatenate([c.fnmr[np.isfinite(c.fnmr)] for _, c in curves] or [np.zeros(0)])
-    y_top = min(1.0, _nice_top(float(y_values.max()) * 1.05 if len(y_values) else 1.0))  # FNMR <= 1
-
-    def to_pixel(x, y):
-        return left + (right - left) * (np.asarray(x) / x_top), bottom - (bottom - top) * (np.asarray(y) / y_top)
-
-    for tick in np.linspace(0, 1, 6):  # grid and tick labels
-        px, _ = to_pixel(tick * x_top, 0)
-        draw.line([(px, top), (px, bottom)], fill="#e6e6e6")
-        label = f"{tick * x_top:.1f}"
-        draw.text((px - draw.textlength(label, font=small) / 2, bottom + 4), label, fill="black", font=small)
-        _, py = to_pixel(0, tick * y_top)
-        draw.line([(left, py), (right, py)], fill="#e6e6e6")
-        label = f"{tick * y_top:.3g}"
-        draw.text((left - 6 - draw.textlength(label, font=small), py - 7), label, fill="black", font=small)
-    limit_x, _ = to_pixel(limit, 0)
-    for y0 in range(int(top), int(bottom), 8):  # dashed line at the pAUC's discard limit
-        draw.line([(limit_x, y0), (limit_x, min(y0 + 4, bottom))], fill="#999999")
-    draw.rectangle([left, top, right, bottom], outline="black")
+    first = curves[0][1]
+    decimals = common_decimals(curve.value for _, curve in curves)
+    value_label = LEGEND_VALUE_NAMES.get(first.value_name, first.value_name)
+    y_top = 0.0
     for method, curve in curves:
-        xs, ys = _curve_points(curve.discard, curve.fnmr, steps=protocol == "B")
-        if len(xs) == 0:
+        finite = np.isfinite(curve.fnmr)
+        x, y = curve.discard[finite], curve.fnmr[finite]
+        if len(x) == 0:
             continue
-        px, py = to_pixel(xs, np.minimum(ys, y_top))
-        points = list(zip(px.tolist(), py.tolist()))
-        if len(points) > 1:
-            draw.line(points, fill=colours[method], width=2)
-        if protocol == "A":
-            for x, y in points:
-                draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colours[method])
-    title = f"{dataset.name}, FMR={fmr_label(curves[0][1].fmr_target)}"
-    draw.text((ox + (width - draw.textlength(title, font=normal)) / 2, oy + 8), title, fill="black", font=normal)
-    xlabel = "fraction of pairs discarded" if protocol == "A" else "fraction of genuine pairs discarded"
-    draw.text((left + (right - left - draw.textlength(xlabel, font=small)) / 2, bottom + 22), xlabel,
-              fill="black", font=small)
-    draw.text((ox + 6, top - 20), "FNMR", fill="black", font=small)
+        y_top = max(y_top, float(y.max()))
+        label = f"{method}: {value_label} {format_number(curve.value, decimals)}"
+        if first.protocol == "B":  # many steps: markers spaced along the line, not on every point
+            axes.plot(x, y, drawstyle="steps-post", markevery=0.1, label=label, **styles[method])
+        else:
+            axes.plot(x, y, label=label, **styles[method])
+    limit = first.discard_limit
+    axes.axvline(limit, color="0.45", linewidth=0.8, linestyle=(0, (2, 2)), zorder=1)
+    # above the frame, where no curve or legend can hide it
+    axes.annotate(f"pAUC limit {limit:g}", xy=(limit, 1), xycoords=("data", "axes fraction"),
+                  xytext=(0, 1.5), textcoords="offset points", ha="center", va="bottom", fontsize=6.5, color="0.35")
+    axes.set_xlim(0, 1 if first.protocol == "B" else first.discard[-1])
+    axes.set_ylim(0, min(1.05, y_top * 1.08) if y_top > 0 else 1.0)  # FNMR <= 1; room for markers at 1
+    axes.set_xlabel("fraction of pairs discarded" if first.protocol == "A" else "fraction of genuine pairs discarded")
+    axes.set_ylabel("FNMR")
+    title = f"{dataset.name}, FMR={fmr_label(first.fmr_target)}"
+    if first.fmr_target in unreachable:
+        title += f"\n({unreachable[first.fmr_target].short()})"
+    axes.set_title(title, pad=11)
+    axes.grid(True, color="0.9", linewidth=0.6)
+    axes.set_axisbelow(True)
+    axes.legend(loc="best", frameon=True, framealpha=0.85, handlelength=3.2)
 
 
-def plot_edc(datasets: list[DatasetResult], path: str | Path | None = None) -> Image.Image:
-    """The figure as a PIL image; written atomically as PNG when a path is given."""
+def plot_edc(datasets: list[DatasetResult], path: str | Path | None = None, *, recognition: str | None = None):
+    """The figure (a matplotlib Figure); written atomically in the format of the path's
+    suffix when a path is given. ``recognition`` names what made the comparison scores
+    (an embedder, an embeddings file), shown above the panels."""
     if not datasets or not datasets[0].methods:
         raise ValueError("nothing to plot")
-    columns = len(datasets[0].fmr_targets)
+    file_format = plot_format(path) if path is not None else None
+    import matplotlib
+    from matplotlib.figure import Figure
+
     methods = method_names(datasets)
-    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
-    fonts = (_font(12), _font(14))
-    legend_height = 28 + 18 * ((len(methods) + 2) // 3)
-    width, height = PANEL_SIZE[0] * columns, PANEL_SIZE[1] * len(datasets) + legend_height
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    for row, dataset in enumerate(datasets):
-        for column in range(columns):
-            _draw_panel(draw, (column * PANEL_SIZE[0], row * PANEL_SIZE[1]), dataset, column, colours, fonts)
-    top = PANEL_SIZE[1] * len(datasets) + 8
-    for i, method in enumerate(methods):
-        x = 20 + (i % 3) * (width - 40) / 3
-        y = top + 18 * (i // 3)
-        draw.line([(x, y + 8), (x + 24, y + 8)], fill=colours[method], width=3)
-        draw.text((x + 30, y + 1), method, fill="black", font=fonts[0])
-    if path is not None:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        write_atomic(path, buffer.getvalue())
-    return image
+    styles = {m: {"color": COLOURS[i % len(COLOURS)], "linestyle": LINE_STYLES[i % len(LINE_STYLES)],
+                  "marker": MARKERS[i % len(MARKERS)], "markersize": 3.5, "linewidth": 1.4,
+                  "markerfacecolor": "none" if i % 2 else COLOURS[i % len(COLOURS)]}
+              for i, m in enumerate(methods)}
+    columns = len(datasets[0].fmr_targets)
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * len(datasets)), layout="constrained")
+        grid = figure.subplots(len(datasets), columns, squeeze=False)
+        for row, dataset in enumerate(datasets):
+            unreachable = {u.target: u for u in unreachable_fmrs(dataset)}
+            for column in range(columns):
+                _draw_panel(grid[row][column], dataset, column, styles, unreachable)
+        first = datasets[0].methods[0].curves[0]
+        heading = f"EDC, protocol {first.protocol}"
+        if recognition:
+            heading += f"; comparison scores: {recognition}"
+        figure.suptitle(heading, fontsize=9)
+        if file_format is not None:
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format=file_format, dpi=PNG_DPI, metadata=METADATA[file_format])
+            write_atomic(path, buffer.getvalue())
+    return figure
