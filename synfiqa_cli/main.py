@@ -76,11 +76,18 @@ def resolve_config(config_path, overrides, values: dict | None = None):
 @click.option("--overwrite", is_flag=True, help="Replace a synfiqa build already in --out.")
 @click.option("--shard", metavar="I/N", help="Do only every N-th identity, starting at I (0-based).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the per-identity work runs: this process, or Ray workers (one per GPU; docs/scale.md).")
+@click.option("--ray-address", metavar="auto|HOST:PORT",
+              help="The Ray cluster to join (auto: the one `ray start` runs here); default: start one on this machine.")
+@click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (default 1; 0.5 puts two on a GPU).")
 @config_options
-def build(out, input_dir, seed, device, overwrite, shard, progress, config_path, overrides):
+def build(out, input_dir, seed, device, overwrite, shard, progress, engine, ray_address, gpus_per_worker,
+          config_path, overrides):
     """Build a SynFIQA dataset: references, degraded samples and quality scores."""
     from synfiqa.errors import ConfigError
     from synfiqa.stages.build import build as run_build
+    from synfiqa.stages.engines import make_engine
 
     if input_dir is not None and not input_dir.is_dir():
         raise ConfigError(f"input folder {str(input_dir)!r} does not exist or is not a folder")
@@ -97,8 +104,10 @@ def build(out, input_dir, seed, device, overwrite, shard, progress, config_path,
         "run.seed": seed,
         "run.device": device,
     })
+    runner = make_engine(engine, address=ray_address, gpus_per_worker=gpus_per_worker, echo=click.echo)
     try:
-        run_build(config, out, overwrite=overwrite, shard=shard_pair, progress=progress, echo=click.echo)
+        run_build(config, out, overwrite=overwrite, shard=shard_pair, progress=progress, echo=click.echo,
+                  engine=runner)
     except SynfiqaError:
         raise
     except BaseException as error:
@@ -106,7 +115,11 @@ def build(out, input_dir, seed, device, overwrite, shard, progress, config_path,
             raise
         written = Path(out) / "config.toml"
         if written.is_file():  # the build got as far as recording its config: resume from exactly that
-            resume = f"Everything written so far is kept. Resume with:\n  synfiqa build --out {out} --config {written}"
+            options = "".join(f" {flag} {value}" for flag, value in (
+                ("--engine", engine if engine != "local" else None), ("--ray-address", ray_address),
+                ("--gpus-per-worker", gpus_per_worker), ("--shard", shard)) if value is not None)
+            resume = (f"Everything written so far is kept. Resume with:\n  synfiqa build --out {out} --config {written}"
+                      + options)
         else:
             resume = "Nothing was written; fix the cause and run the same command again."
         click.echo(f"build stopped: {error!r}\n{resume}", err=True)

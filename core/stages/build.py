@@ -3,7 +3,8 @@ per-identity annotation -> dataset-wide annotation -> the SynFIQA layout.
 
 The per-identity work is a pure function of (config, identity): its record is written
 last and atomically, so a killed build resumes at the first identity without one and
-ends byte-identical to an uninterrupted build.
+ends byte-identical to an uninterrupted build. Where that work runs (this process, or Ray
+workers) is the engine's choice (core/stages/engines.py); everything else happens here.
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ from synfiqa.images import encode_jpeg
 from synfiqa.layout import identity_folder_name, quality_key
 from synfiqa.progress import progress as progress_bar
 from synfiqa.registry import Registry, get_registry
+from synfiqa.stages.engines import LocalEngine, report_lines
 from synfiqa.stages.s1_generate import generate_into
 from synfiqa.stages.s2_filter import filter_for_build
 from synfiqa.stages.s3_synthesize import draw_plan, identity_input, load_bank, synthesize
 from synfiqa.stages.s4_degrade import degrade_crops
-from synfiqa.stages.s5_annotate import identity_scores, load_annotators, score_dataset
+from synfiqa.stages.s5_annotate import identity_scores, label_order_lines, labels_as_written, load_annotators, score_dataset
 from synfiqa.timing import StageTimer
 from synfiqa.store import RecordSet, StageFolder, write_atomic, write_error, write_group, write_text_atomic
 
@@ -84,14 +86,15 @@ class Pipeline:
         config, run, timer = self.config, self.config["run"], self.timer
         size = run["image_size"]
         with timer("detect+align"):
-            inputs, rows = identity_input(identity, self.detector, self.pose, size)
+            inputs, rows = identity_input(identity, self.detector, self.pose, size, run["alignment"])
         if not inputs.photos:
             return {"identity": identity.name, "status": "skipped", "reason": "no-usable-photo", "rows": rows}
         with timer("plan"):
             plan = draw_plan(config, identity.name, self.bank)
         references, degraded, skipped = synthesize(self.backend, inputs, plan, self.context, self.detector,
                                                    self.pose, size, config["stage2"]["backend"],
-                                                   store=out / layout.STAGE2_IMAGES / identity.name, timer=timer)
+                                                   store=out / layout.STAGE2_IMAGES / identity.name, timer=timer,
+                                                   alignment=run["alignment"])
         rows += skipped
         if not references:
             return {"identity": identity.name, "status": "skipped", "reason": "no-reference", "rows": rows}
@@ -99,7 +102,7 @@ class Pipeline:
 
         def save(name: str, pixels: np.ndarray) -> np.ndarray:
             with timer("write"):
-                data = encode_jpeg(pixels, quality)
+                data = encode_jpeg(pixels, quality, run["jpeg_subsampling"])
                 write_atomic(layout.image_path(out, identity.name, name), data)
                 # score exactly what a reader of the dataset gets back
                 return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
@@ -172,6 +175,7 @@ class Pipeline:
         if annotated.label is not None:
             for row in degraded:
                 quality[quality_key(row["identity"], Path(row["path"]).name)] = row["scores"][annotated.label]
+        quality, label_order = labels_as_written(self.config, quality)
         skipped = Counter(row["reason"] for row in rows if row["status"] == "skipped" and row["role"] == "source")
         images_skipped = Counter(f"{row['role']}: {row['reason']}" for row in rows
                                  if row["status"] == "skipped" and row["role"] != "source")
@@ -193,6 +197,7 @@ class Pipeline:
             "quality_score": annotated.label,
             "missing_domains": annotated.missing,
             "severity_axes": [YAW_AXIS, *self.chain.severity_axes],
+            **label_order,
         }
         return rows, quality, summary
 
@@ -224,11 +229,14 @@ def check_input_and_output(pipeline: "Pipeline", out: Path) -> None:
 
 def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tuple[int, int] | None = None,
           progress: bool | None = None, echo=print, registry: Registry | None = None,
-          stop_after: int | None = None) -> dict:
-    """Run the build; returns the summary. `shard=(i, n)` does the per-identity work of every
-    n-th identity starting at i and leaves the dataset-wide step to a run without shard.
-    `stop_after` ends after that many identities were built (tests use it to interrupt)."""
+          stop_after: int | None = None, engine=None) -> dict:
+    """Run the build; returns the summary (with the engine's report under "engine", which
+    summary.json does not hold). `shard=(i, n)` does the per-identity work of every n-th
+    identity starting at i and leaves the dataset-wide step to a run without shard. `engine`
+    (core/stages/engines.py; default: this process) runs the per-identity work. `stop_after`
+    ends after that many identities were built (tests use it to interrupt)."""
     out = Path(out)
+    engine = engine or LocalEngine()
     registry = registry or get_registry()
     validate_config(config, registry)  # the CLI did already; this covers callers of the Python API
     started = time.perf_counter()
@@ -237,11 +245,31 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
         pipeline = Pipeline(config, registry, timer)
     check_input_and_output(pipeline, out)
     pipeline.chain.probe(config["run"]["image_size"])  # a broken degradation plugin is named before anything is written
-    generative = protocols.is_generative(pipeline.generator)
-    if not generative:  # listed before anything is written: a bad identity name writes nothing
+    identities = None  # a generative Stage 1 makes them once the folder is claimed
+    if not protocols.is_generative(pipeline.generator):  # listed before anything is written: a bad name writes nothing
         identities = pipeline.generator.identities(None, config["run"]["seed"])
         for identity in identities:
             identity_folder_name(identity.name)
+    engine.open()  # an unreachable cluster is named before anything is written
+    try:
+        result = _build_in_folder(pipeline, out, overwrite, shard, progress, echo, stop_after, engine, identities)
+    finally:
+        engine.close()
+    if engine.name == "local":
+        echo(f"where this run's time went ({time.perf_counter() - started:.1f} s):")
+        lines = timer.lines(time.perf_counter() - started)
+    else:  # the workers' stages ran side by side: their seconds add up to more than the run's
+        echo(f"where this run's time went ({time.perf_counter() - started:.1f} s; the per-identity stages "
+             "summed over every worker, share of all the time recorded):")
+        lines = timer.lines()
+    for line in lines:
+        echo(line)
+    return result
+
+
+def _build_in_folder(pipeline, out, overwrite, shard, progress, echo, stop_after, engine, identities) -> dict:
+    """Claim the folder, generate (a generative Stage 1), then the identities and the dataset-wide step."""
+    config = pipeline.config
     with build_folder(out) as folder:
         resumed = folder.claim({"fingerprint": fingerprint(config)}, overwrite)
         try:
@@ -251,15 +279,11 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
         if resumed:
             echo(f"resuming the build in {out}")
         records = RecordSet(out / layout.IDENTITY_RECORDS, root=out)
-        if generative:
+        if identities is None:  # a generative Stage 1 runs here, on the driver, whatever the engine
             name = config["generate"]["generator"]
             identities = generate_into(pipeline.generator, name, component_params(config, "generate", name),
                                        config["run"]["seed"], out / layout.GENERATED, progress, echo)
-        result = _build_identities(pipeline, out, records, identities, shard, progress, echo, stop_after)
-    echo(f"where this run's time went ({time.perf_counter() - started:.1f} s):")
-    for line in timer.lines(time.perf_counter() - started):
-        echo(line)
-    return result
+        return _build_identities(pipeline, out, records, identities, shard, progress, echo, stop_after, engine)
 
 
 def build_folder(out: Path) -> StageFolder:
@@ -274,7 +298,7 @@ def build_folder(out: Path) -> StageFolder:
                        resume_hint=resume_hint, settings="another config")
 
 
-def _build_identities(pipeline, out, records, identities, shard, progress, echo, stop_after) -> dict:
+def _build_identities(pipeline, out, records, identities, shard, progress, echo, stop_after, engine) -> dict:
     config = pipeline.config
     # filter.chain: removed identities get a record with the filter's reason, and no work
     kept = filter_for_build(config, pipeline.context, identities, out / ".synfiqa" / "filter.json", records, echo)
@@ -285,33 +309,56 @@ def _build_identities(pipeline, out, records, identities, shard, progress, echo,
     if broken:
         shown = ", ".join(broken[:5]) + (", ..." if len(broken) > 5 else "")
         echo(f"rebuilding {len(broken)} identities whose recorded files are missing or changed: {shown}")
-    bar = progress_bar(todo, enabled=progress, description="identities", unit="id")
-    for count, identity in enumerate(bar, start=1):
-        record = pipeline.build_identity(identity, out)
-        with pipeline.timer("write"):
-            records.write(identity.name, record)
-        if stop_after is not None and count >= stop_after:
-            return {"stopped_after": count}
+    bar = progress_bar(total=len(todo), enabled=progress, description="identities", unit="id")
+    built = engine.run(pipeline, out, todo)
+    try:
+        for count, (identity, record) in enumerate(built, start=1):
+            with pipeline.timer("write"):  # the driver writes every record, whichever engine built it
+                records.write(identity.name, record)
+            bar.update(1)
+            if stop_after is not None and count >= stop_after:
+                return {"stopped_after": count, "engine": engine.report()}
+    finally:
+        built.close()  # an engine's workers stop here, also when a record cannot be written
+        bar.close()
+    report = engine.report()
+    for line in report_lines(report):
+        echo(line)
     if shard is not None:
         missing = [i.name for i in identities if not records.has(i.name)]
         echo(f"shard {shard[0]}/{shard[1]} done; {len(missing)} identities still missing from other shards")
-        return {"shard": list(shard), "missing": len(missing)}
+        return {"shard": list(shard), "missing": len(missing), "engine": report}
     incomplete = [i.name for i in identities if not records.is_complete(i.name)]
     if incomplete:  # another shard's identity lost a file since it was built
         raise BadInputError("incomplete-build", f"{len(incomplete)} identities have missing or changed files "
                             f"({', '.join(incomplete[:5])}); run the build again (or the shard that owns them)")
     with pipeline.timer("dataset-wide"):
         rows, quality, summary = pipeline.finalize([records.read(identity.name) for identity in identities])
-        write_group({  # all or none: never a manifest without its scores
-            out / layout.MANIFEST: "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode(),
-            out / layout.QUALITY_SCORES: layout.format_quality_scores(quality).encode(),
-            out / layout.SUMMARY: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
-        }, out)
+        write_dataset_files(out, rows, quality, summary)
     for line in stage_summary(config, summary, protocols.skipped_files(pipeline.generator),
                               summary["missing_domains"]):
         echo(line)
     echo(f"wrote {out / layout.QUALITY_SCORES} ({len(quality)} scores) and {layout.MANIFEST}")
-    return summary
+    return {**summary, "engine": report}
+
+
+MANIFEST_CHUNK_ROWS = 10_000
+
+
+def write_dataset_files(out: Path, rows: list[dict], quality: dict[str, float], summary: dict) -> None:
+    """manifest.jsonl, Quality-Scores.txt and summary.json, all or none: never a manifest
+    without its scores. The manifest goes out in chunks of rows: at 1.1 M rows its text is
+    about 0.5 GB, and held whole (with its encoded copy) it was most of the step's memory."""
+    def manifest_chunks():
+        for start in range(0, len(rows), MANIFEST_CHUNK_ROWS):
+            yield "".join(json.dumps(row, sort_keys=True) + "\n"
+                          for row in rows[start:start + MANIFEST_CHUNK_ROWS]).encode()
+
+    write_group({
+        out / layout.MANIFEST: manifest_chunks(),
+        out / layout.QUALITY_SCORES: layout.format_quality_scores(quality).encode(),
+        out / layout.SUMMARY: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
+    }, out)
 
 
 def stage_summary(config: dict, summary: dict, skipped_files: list, unavailable: dict) -> list[str]:
@@ -339,4 +386,4 @@ def stage_summary(config: dict, summary: dict, skipped_files: list, unavailable:
     ]
     for name, why in unavailable.items():
         lines.append(f"  annotator {name!r} unavailable ({why}); every score is marked 'computed without {name}'")
-    return lines
+    return lines + label_order_lines(summary)
