@@ -37,6 +37,48 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
+# run.alignment: how the similarity to the template is solved (docs/method.md section 11).
+# "landmarks-to-template" (synfiqa): least squares in the template's frame, the crop's own
+# pixels. "template-to-landmarks" (the original's warp_and_crop_face, matlab_cp2tform): least
+# squares in the photo's frame, from the template to the landmarks, then inverted; the two
+# agree only when the landmarks fit the template exactly, and the original's face comes out
+# 0.2-5 % larger on the test photos.
+ALIGNMENTS = ("landmarks-to-template", "template-to-landmarks")
+
+
+def template_transform(landmarks: np.ndarray, size: int = 112, alignment: str = ALIGNMENTS[0]) -> np.ndarray:
+    """The 2x3 similarity that takes a photo's five landmarks onto the ArcFace template at
+    `size`, solved as `alignment` says."""
+    template = ARCFACE_TEMPLATE_112 * (size / 112.0)
+    if alignment == "landmarks-to-template":
+        return similarity_transform(landmarks, template)
+    if alignment == "template-to-landmarks":
+        return original_similarity_transform(landmarks, template)
+    raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}; got {alignment!r}")
+
+
+def original_similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The original's similarity from `source` (landmarks) to `target` (template), as
+    matlab_cp2tform's get_similarity_transform_for_cv2 computes it: the points are float32; the
+    least-squares similarity is fitted from target to source and inverted; a mirrored fit is
+    its alternative, and the plain fit is kept when its residual is no larger, both residuals
+    taken against the x-mirrored target (the original mirrors the target array in place before
+    it compares, so that is what it measures against)."""
+    source = np.asarray(source, dtype=np.float32).astype(np.float64)
+    target = np.asarray(target, dtype=np.float32).astype(np.float64)
+    mirror = np.diag([-1.0, 1.0, 1.0])
+    mirrored = target * np.array([-1.0, 1.0])
+    plain = _inverted(similarity_transform(target, source))[:2]
+    reflected = (mirror @ _inverted(similarity_transform(mirrored, source)))[:2]
+    plain_residual = np.linalg.norm(apply_transform(plain, source) - mirrored)
+    return plain if plain_residual <= np.linalg.norm(apply_transform(reflected, source) - mirrored) else reflected
+
+
+def _inverted(matrix: np.ndarray) -> np.ndarray:
+    """The 3x3 inverse of a 2x3 affine matrix."""
+    return np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))
+
+
 def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     points = np.asarray(points, dtype=np.float64)
     return points @ matrix[:, :2].T + matrix[:, 2]
@@ -65,11 +107,11 @@ def warp_affine(images: torch.Tensor, matrices: torch.Tensor, size: tuple[int, i
     return warped.to(images.dtype)
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112,
+               alignment: str = ALIGNMENTS[0]) -> tuple[np.ndarray, np.ndarray]:
     """Align one HxWx3 uint8 photo from its five landmarks. Returns the size x size crop
     and the 2x3 transform that made it."""
-    template = ARCFACE_TEMPLATE_112 * (size / 112.0)
-    matrix = similarity_transform(landmarks, template)
+    matrix = template_transform(landmarks, size, alignment)
     tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
     crop = warp_affine(tensor, torch.from_numpy(matrix)[None], (size, size))[0].permute(1, 2, 0).numpy()
     return np.ascontiguousarray(crop), matrix

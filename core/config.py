@@ -164,6 +164,20 @@ class Key:
 DEGRADE_ON = ("detector-crop", "aligned-crop")
 
 
+def _choice_check(choices: tuple[str, ...]) -> Callable[[object], str | None]:
+    """A `check` for a str key that must be one of `choices`."""
+    def problem(value) -> str | None:
+        return None if value in choices else f"must be one of {' | '.join(choices)}; got {value!r}"
+    return problem
+
+
+# The faithful switches (docs/method.md#11-conventions-the-original-and-synfiqa): each first
+# value is synfiqa's default, the value after it the original's.
+JPEG_SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")  # as synfiqa.images, which stays free of config
+ALIGNMENTS = ("landmarks-to-template", "template-to-landmarks")
+LABEL_ORDERS = ("by-path", "original-bug")
+
+
 def _degrade_on_problem(value) -> str | None:
     if value not in DEGRADE_ON:
         return f"must be one of {' | '.join(DEGRADE_ON)}; got {value!r}"
@@ -189,6 +203,13 @@ SCHEMA: tuple[Key, ...] = (
         "holds an identity-scope annotator (fr, vl)", low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE),
     Key("run.jpeg_quality", int, 95, f"the libjpeg quality every image is stored at; below {LOW_JPEG_QUALITY} "
         "warns", low=JPEG_QUALITY_RANGE[0], high=JPEG_QUALITY_RANGE[1]),
+    Key("run.jpeg_subsampling", str, "4:4:4", "the chroma subsampling every image is stored with; the "
+        "original's Pillow default is quality 75 with 4:2:0", choices=" | ".join(JPEG_SUBSAMPLINGS),
+        check=_choice_check(JPEG_SUBSAMPLINGS)),
+    Key("run.alignment", str, "landmarks-to-template", "how the similarity to the ArcFace template is "
+        "solved: least squares from the landmarks to the template, or the original's fit from the "
+        "template to the landmarks, inverted (crops 1.5-4 % larger)", choices=" | ".join(ALIGNMENTS),
+        check=_choice_check(ALIGNMENTS)),
     Key("generate.generator", str, "folder", "the generator of the identities", kind="generator"),
     Key("generate.params", dict, {"folder": {"path": "", "grouping": "auto"}},
         "each generator's parameters; folder.path empty: the embedded demo photos", kind="generator"),
@@ -217,6 +238,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("annotate.chain", list, ["fr", "sd", "vl", "mr"], "the annotators, in order", kind="annotator"),
     Key("annotate.optional", list, ["vl"], "annotators allowed to be unavailable (missing weights); the "
         "scores are then marked partial", kind="annotator"),
+    Key("annotate.label_order", str, "by-path", "how Quality-Scores.txt pairs scores with paths: each "
+        "sample's own score, or the original's bug (scores in generation order written against paths in "
+        "natural order: labels shift across identities when the two orders differ)",
+        choices=" | ".join(LABEL_ORDERS), check=_choice_check(LABEL_ORDERS)),
     Key("annotate.params", dict, {"mr": {"lam": 0.5}}, "each annotator's parameters", kind="annotator"),
 )
 KEYS: dict[str, Key] = {key.name: key for key in SCHEMA}

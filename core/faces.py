@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from synfiqa import protocols
-from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform, upside_down
+from synfiqa.align import ALIGNMENTS, ARCFACE_TEMPLATE_112, align_face, apply_transform, upside_down
 from synfiqa.errors import BadInputError
 from synfiqa.images import ImageItem, decode_image, read_rgb
 from synfiqa.models import DetectedFace, pick_main_face
@@ -56,8 +56,10 @@ def face_notes(faces: list, face) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def detect_and_align(image: np.ndarray, detector, size: int = 112, name: str = "image") -> FaceCrop:
-    """The main face of `image`, aligned; BadInputError with a reason code when there is none."""
+def detect_and_align(image: np.ndarray, detector, size: int = 112, name: str = "image",
+                     alignment: str = ALIGNMENTS[0]) -> FaceCrop:
+    """The main face of `image`, aligned (`alignment`: synfiqa.align.template_transform); BadInputError
+    with a reason code when there is none."""
     smallest = min_face_size(detector)
     if min(image.shape[:2]) < smallest:
         raise BadInputError("image-too-small", f"{name}: {image.shape[1]}x{image.shape[0]} pixels cannot hold a "
@@ -66,14 +68,14 @@ def detect_and_align(image: np.ndarray, detector, size: int = 112, name: str = "
     face = pick_main_face(faces)
     if face is None:
         raise BadInputError("no-face", f"{name}: no face found")
-    crop, matrix = align_face(image, face.landmarks, size)
+    crop, matrix = align_face(image, face.landmarks, size, alignment)
     notes = face_notes(faces, face)
     if upside_down(crop):  # a photo turned 180 degrees without an EXIF tag
         turned = np.ascontiguousarray(image[::-1, ::-1])
         turned_faces = _detect(detector, turned, name)
         turned_face = pick_main_face(turned_faces)
         if turned_face is not None:
-            turned_crop, turned_matrix = align_face(turned, turned_face.landmarks, size)
+            turned_crop, turned_matrix = align_face(turned, turned_face.landmarks, size, alignment)
             if upside_down(turned_crop) is False:
                 notes = (*face_notes(turned_faces, turned_face), "upside down: turned 180 degrees before alignment")
                 return FaceCrop(turned_crop, apply_transform(turned_matrix, turned_face.landmarks), turned,

@@ -168,9 +168,19 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def encode_jpeg(array: np.ndarray, quality: int) -> bytes:
+# Chroma subsampling of a stored JPEG (run.jpeg_subsampling). synfiqa stores 4:4:4, full
+# colour resolution, so the storage itself does not blur a degraded sample's colour edges; the
+# original saves with Pillow's defaults, quality 75 and 4:2:0 (docs/method.md#11-conventions).
+JPEG_SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")
+
+
+def encode_jpeg(array: np.ndarray, quality: int, subsampling: str = "4:4:4") -> bytes:
+    """JPEG bytes through Pillow's libjpeg at `quality` and chroma `subsampling`; quality 75
+    with "4:2:0" gives the same bytes as Pillow's `save` with no options (the original's)."""
+    if subsampling not in JPEG_SUBSAMPLINGS:
+        raise ValueError(f"JPEG subsampling must be one of {', '.join(JPEG_SUBSAMPLINGS)}; got {subsampling!r}")
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=quality, subsampling=0)
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
     return buffer.getvalue()
 
 

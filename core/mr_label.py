@@ -1,9 +1,13 @@
 """The arithmetic of the MR-FIQA score (docs/method.md#5-annotation-the-mr-score), free of any model."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 from scipy.stats import rankdata
+
+from synfiqa.layout import sample_index
 
 
 def reference_cosine(samples: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
@@ -47,3 +51,28 @@ def min_max(values: np.ndarray) -> np.ndarray:
     if high == low:
         return np.ones_like(values)  # a dataset with one distinct score: every sample is "the best"
     return (values - low) / (high - low)
+
+
+# ---------------------------------------------------------------- the original's label-ordering bug
+
+
+def natural_key(path: str) -> list:
+    """The original's `alphanum_key` (Stage-2/annotation/utils.py): runs of digits compare as
+    integers, everything else lower-cased."""
+    return [int(token) if token.isdigit() else token.lower() for token in re.split("([0-9]+)", path)]
+
+
+def original_label_sources(keys: list[str]) -> dict[str, str]:
+    """Which sample's score the original writes against each path of Quality-Scores.txt
+    (docs/method.md section 11): its scores are computed in generation order (identities in
+    Python's `sorted` order, each identity's samples by index) and written against the paths in
+    natural order (`natural_key`), the i-th score to the i-th path. Where the two orders differ
+    (identities named 1, 2, ..., 10, 11; mixed case) a label lands on another sample, of another
+    identity. Keys are "/<identity>/<k>.jpg"; returns {path: the path whose score it gets}."""
+    def generation_order(key: str):
+        _, identity, name = key.split("/", 2)
+        return identity, sample_index(name)
+
+    computed = sorted(keys, key=generation_order)
+    written = sorted(keys, key=natural_key)
+    return dict(zip(written, computed))

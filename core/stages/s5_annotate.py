@@ -36,6 +36,7 @@ from synfiqa.layout import (BUILD_MARKER, QUALITY_SCORES, format_quality_scores,
                             sample_index, sample_key, scan_dataset)
 from synfiqa.errors import BadInputError, ConfigError, WeightsNotFoundError
 from synfiqa.images import read_rgb
+from synfiqa.mr_label import original_label_sources
 from synfiqa.progress import progress as progress_bar
 from synfiqa.store import RecordSet, StageFolder, write_text_atomic
 
@@ -119,6 +120,27 @@ def score_dataset(annotators, unavailable: dict[str, str], table: SampleTable, c
     produced = [key for _, annotator in annotators for key in annotator.provides if key in table.scores]
     label = produced[-1] if produced else None
     return DatasetScores(table.scores, label, missing)
+
+
+def labels_as_written(config: dict, quality: dict[str, float]) -> tuple[dict[str, float], dict]:
+    """What Quality-Scores.txt holds under annotate.label_order: each sample's own score
+    ("by-path"), or the original's bug reproduced ("original-bug", docs/method.md section 11),
+    and the summary's record of it ({} by path; `label_order_lines` says it loudly)."""
+    if config["annotate"]["label_order"] != "original-bug":
+        return quality, {}
+    sources = original_label_sources(list(quality))
+    moved = sum(1 for path, source in sources.items() if path != source)
+    return ({path: quality[source] for path, source in sources.items()},
+            {"label_order": "original-bug", "labels_moved": moved, "labels": len(quality)})
+
+
+def label_order_lines(summary: dict) -> list[str]:
+    """The warning a build or `synfiqa annotate` prints when it reproduced the label-ordering bug."""
+    if summary.get("label_order") != "original-bug":
+        return []
+    return [f"WARNING: annotate.label_order = \"original-bug\": Quality-Scores.txt reproduces the original's "
+            f"label-ordering bug: {summary['labels_moved']} of {summary['labels']} labels are another sample's "
+            f"score (manifest.jsonl and annotations.jsonl keep each sample's own)"]
 
 
 # ---------------------------------------------------------------- a dataset on disk
@@ -270,7 +292,8 @@ def _annotate_dataset(config: dict, root: Path, *, intensities, axes, registry, 
     result = score_dataset(annotators, unavailable, table, context)
 
     quality = {key: float(result.scores[result.label][i]) for i, key in enumerate(keys)}
-    write_text_atomic(root / QUALITY_SCORES, format_quality_scores(quality))
+    written, label_order = labels_as_written(config, quality)
+    write_text_atomic(root / QUALITY_SCORES, format_quality_scores(written))
     annotation_rows = [{"path": key, "role": "degraded", "status": "ok",
                         "scores": {k: float(v[i]) for k, v in result.scores.items()},
                         **({"partial": result.partial} if result.missing else {})} for i, key in enumerate(keys)]
@@ -289,9 +312,10 @@ def _annotate_dataset(config: dict, root: Path, *, intensities, axes, registry, 
                "severity_axes": ([YAW_AXIS] if _needs_yaw(annotators) else []) + list(severity_axes),
                "missing_domains": result.missing, "samples_scored_now": scored_now,
                "missing_samples": len(missing_files),
-               "seconds": round(seconds, 3), "per_identity_seconds": round(per_identity_seconds, 3)}
+               "seconds": round(seconds, 3), "per_identity_seconds": round(per_identity_seconds, 3),
+               **label_order}
     write_text_atomic(root / "annotation-summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    for line in result.summary_lines():
+    for line in [*result.summary_lines(), *label_order_lines(summary)]:
         echo(line)
     skipped_text = f", {len(skipped)} skipped ({', '.join(f'{n} {r}' for r, n in reasons.items())})" if skipped else ""
     rate = f", {scored_now / per_identity_seconds:.1f} samples/s" if scored_now else ""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synfiqa.align import ARCFACE_TEMPLATE_112, align_face, apply_transform, similarity_transform, warp_affine
+from synfiqa.align import ALIGNMENTS, align_face, apply_transform, template_transform, warp_affine
 from synfiqa.errors import BadInputError, PluginError
 from synfiqa.faces import detect_and_align
 from synfiqa.images import decode_image, encode_png
@@ -68,13 +68,14 @@ def measure_abs_yaw(pose, crop: np.ndarray, landmarks: np.ndarray) -> float:
     return abs(float(yaw))
 
 
-def identity_input(identity, detector, pose, size: int) -> tuple[IdentityInput, list[dict]]:
-    """The identity's usable photos (detected, aligned, |yaw| and sharpness measured) and a
-    skipped row for each photo without a usable face."""
+def identity_input(identity, detector, pose, size: int,
+                   alignment: str = ALIGNMENTS[0]) -> tuple[IdentityInput, list[dict]]:
+    """The identity's usable photos (detected, aligned as `alignment` says, |yaw| and sharpness
+    measured) and a skipped row for each photo without a usable face."""
     photos, skipped = [], []
     for source in identity.images:
         try:
-            found = detect_and_align(source.load(), detector, size, source.key)
+            found = detect_and_align(source.load(), detector, size, source.key, alignment)
         except BadInputError as error:
             skipped.append({"identity": identity.name, "role": "source", "source": source.key,
                             "status": "skipped", "reason": error.reason, "detail": str(error)})
@@ -120,8 +121,8 @@ class FaceFinder:
     one, else the detector's. The same photo and face (a folder backend yields a photo many
     times) are aligned and measured once."""
 
-    def __init__(self, identity: IdentityInput, detector, pose, size: int):
-        self.detector, self.pose, self.size = detector, pose, size
+    def __init__(self, identity: IdentityInput, detector, pose, size: int, alignment: str = ALIGNMENTS[0]):
+        self.detector, self.pose, self.size, self.alignment = detector, pose, size, alignment
         self.photo_notes = {photo.key: photo.notes for photo in identity.photos}
         self.known = {(id(photo.image), id(photo.face)): photo for photo in identity.photos}
         self.memo: dict = {}
@@ -134,7 +135,7 @@ class FaceFinder:
                                                            *rendered.notes))
         size = self.size
         if rendered.face is None:
-            found = detect_and_align(rendered.image, self.detector, size, name)
+            found = detect_and_align(rendered.image, self.detector, size, name, self.alignment)
             image, detected, crop, landmarks, notes = found.image, found.face, found.crop, found.landmarks, found.notes
             abs_yaw = measure_abs_yaw(self.pose, crop, landmarks)
         else:
@@ -142,15 +143,15 @@ class FaceFinder:
             photo = self.known.get(key)
             if photo is not None:
                 crop, abs_yaw = photo.crop, photo.abs_yaw
-                landmarks = apply_transform(similarity_transform(detected.landmarks, ARCFACE_TEMPLATE_112 * (size / 112)),
+                landmarks = apply_transform(template_transform(detected.landmarks, size, self.alignment),
                                             detected.landmarks)
             else:
-                crop, matrix = align_face(image, detected.landmarks, size)
+                crop, matrix = align_face(image, detected.landmarks, size, self.alignment)
                 landmarks = apply_transform(matrix, detected.landmarks)
                 abs_yaw = measure_abs_yaw(self.pose, crop, landmarks)
             notes = self.photo_notes.get(rendered.source, ())
         square, square_landmarks, _ = detector_crop(image, detected, size)
-        to_aligned = similarity_transform(square_landmarks, ARCFACE_TEMPLATE_112 * (size / 112))
+        to_aligned = template_transform(square_landmarks, size, self.alignment)
         face = Face(rendered, crop, landmarks, abs_yaw, square, square_landmarks, to_aligned,
                     (*notes, *rendered.notes))
         if key is not None:
@@ -197,7 +198,8 @@ class RenderedStore:
 
 def synthesize(backend, identity: IdentityInput, plan: Plan, context, detector, pose, size: int,
                backend_name: str, store: Path | None = None,
-               timer: StageTimer | None = None) -> tuple[list[Face], list[Face], list[dict]]:
+               timer: StageTimer | None = None,
+               alignment: str = ALIGNMENTS[0]) -> tuple[list[Face], list[Face], list[dict]]:
     """(reference faces, degraded faces, skipped rows), each list ordered by index. A rendered
     image outside the plan, or made twice, is the backend's bug (PluginError); one without a
     face is a skipped row (reason code of synfiqa.faces). With `store` and a backend that
@@ -205,7 +207,7 @@ def synthesize(backend, identity: IdentityInput, plan: Plan, context, detector, 
     gets the backend's time as "generate" and the faces' as "faces"."""
     timer = timer or NoTimer()
     planned = {(spec.role, spec.index) for spec in plan}
-    finder = FaceFinder(identity, detector, pose, size)
+    finder = FaceFinder(identity, detector, pose, size, alignment)
     faces: dict[tuple[str, int], Face] = {}
     skipped = []
 
