@@ -227,7 +227,7 @@ def models_list(as_json):
 STAGE_COMMAND_MODULES = (
     "synfiqa_cli.generate", "synfiqa_cli.filter", "synfiqa_cli.degrade", "synfiqa_cli.annotate",
     "synfiqa_cli.score", "synfiqa_cli.evaluate", "synfiqa_cli.ops", "synfiqa_cli.convert", "synfiqa_cli.train",
-    "synfiqa_cli.export",
+    "synfiqa_cli.export", "synfiqa_cli.report",
 )
 
 
