@@ -1,7 +1,10 @@
-"""`synfiqa filter DIR`: judge the identities of a folder with the identity filters,
-print what each filter kept and removed, and write the kept list. Never deletes a file."""
+"""`synfiqa filter DIR`: judge the identities of a folder with the identity filters and
+print what each filter kept and removed. Writes nothing unless asked: the kept images go to
+the file `--kept-list` names, or to stdout with `--kept-list -`; DIR, the user's input, is
+never written to or deleted from."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -20,13 +23,15 @@ PAPER_CHAIN = ("yaw", "glasses", "expression", "uniqueness")
 @click.option("--grouping", type=click.Choice(["auto", "subfolder", "subfolder-recursive", "stem-suffix", "file"]), default=None,
               help="How images form identities (default: the folder generator's setting).")
 @click.option("--json", "as_json", is_flag=True, help="Every image with kept/removed, the filter and its value.")
-@click.option("--kept-list", type=click.Path(dir_okay=False),
-              help="Where to write the kept images, one path per line (default: DIR/kept.txt).")
+@click.option("--kept-list", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the kept images here, one path per line relative to DIRECTORY; '-' prints them on "
+                   "stdout (the table then goes to stderr). Default: no list is written.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="A TOML pipeline config.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
 def filter_command(directory, filter_names, grouping, as_json, kept_list, config_path, overrides):
-    """Run the identity filters over the identities in DIRECTORY."""
+    """Run the identity filters over the identities in DIRECTORY (read only)."""
     from synfiqa.config import component_params
+    from synfiqa.errors import ConfigError
     from synfiqa.context import RunContext
     from synfiqa.stages.s2_filter import build_filters, run_filters, summary_counts
     from synfiqa.store import write_text_atomic
@@ -34,6 +39,8 @@ def filter_command(directory, filter_names, grouping, as_json, kept_list, config
 
     from synfiqa_plugins.generators.folder import FolderGenerator
 
+    if kept_list == "-" and as_json:
+        raise ConfigError("--kept-list - and --json both print on stdout; give the kept list a file name")
     config = resolve_config(config_path, overrides)
     registry = get_registry()
     if filter_names:
@@ -49,8 +56,13 @@ def filter_command(directory, filter_names, grouping, as_json, kept_list, config
     root = Path(directory)
     paths = {i.name: [str(Path(s.path).relative_to(root)) for s in i.images] for i in identities}
     kept_paths = [p for v in verdicts if v.kept for p in paths[v.identity]]
-    target = Path(kept_list) if kept_list else root / "kept.txt"
-    write_text_atomic(target, "".join(f"{p}\n" for p in kept_paths))
+    listing = "".join(f"{p}\n" for p in kept_paths)
+    if kept_list == "-":
+        click.echo(listing, nl=False)
+    elif kept_list:
+        write_text_atomic(kept_list, listing)
+    where = {None: "not written (--kept-list FILE)", "-": "stdout"}.get(kept_list, kept_list)
+    echo = functools.partial(click.echo, err=kept_list == "-")  # stdout holds the list then
 
     counts = summary_counts(names, verdicts)
     if as_json:
@@ -58,21 +70,21 @@ def filter_command(directory, filter_names, grouping, as_json, kept_list, config
                    "reason": v.reason, "values": v.values, "judged_photo": v.source}
                   for v in verdicts for path in paths[v.identity]]
         click.echo(json.dumps({"filters": names, "removed": counts, "kept": sum(v.kept for v in verdicts),
-                               "identities": len(verdicts), "kept_list": str(target), "images": images}, indent=2))
+                               "identities": len(verdicts), "kept_list": kept_list, "images": images}, indent=2))
         return
     width = max([len(n) for n in names] + [6])
-    click.echo(f"{'filter':<{width}}  judged  kept  removed")
+    echo(f"{'filter':<{width}}  judged  kept  removed")
     alive = len(verdicts)
     for name in names:
         removed = counts[name]
-        click.echo(f"{name:<{width}}  {alive:>6}  {alive - removed:>4}  {removed:>7}")
+        echo(f"{name:<{width}}  {alive:>6}  {alive - removed:>4}  {removed:>7}")
         alive -= removed
     for verdict in verdicts:
         if not verdict.kept:
-            click.echo(f"  removed {verdict.identity} by {verdict.removed_by}: {verdict.reason}")
-    click.echo(f"kept {alive} of {len(verdicts)} identities ({len(kept_paths)} images); kept list: {target}")
+            echo(f"  removed {verdict.identity} by {verdict.removed_by}: {verdict.reason}")
+    echo(f"kept {alive} of {len(verdicts)} identities ({len(kept_paths)} images); kept list: {where}")
     if generator.skipped_files:
-        click.echo(f"  {len(generator.skipped_files)} non-image files ignored")
+        echo(f"  {len(generator.skipped_files)} non-image files ignored")
 
 
 COMMANDS = [filter_command]

@@ -286,14 +286,16 @@ def test_filter_command_json_and_kept_list(faces_copy):
     from synfiqa_cli.main import cli
 
     result = CliRunner().invoke(cli, ["filter", str(faces_copy), "--grouping", "file", "--json",
-                                      "--filters", "yaw,uniqueness"])
+                                      "--filters", "yaw,uniqueness",
+                                      "--kept-list", str(faces_copy.parent / "kept.txt")])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert report["identities"] == 6 and report["kept"] == 4 and report["removed"] == {"yaw": 0, "uniqueness": 2}
     by_image = {row["image"]: row for row in report["images"]}
     assert by_image["macron_2.jpg"]["removed_by"] == "uniqueness" and not by_image["macron_2.jpg"]["kept"]
     assert isinstance(by_image["obama_1.jpg"]["values"]["yaw"], float)
-    assert (faces_copy / "kept.txt").read_text().split() == ["ardern_1.jpg", "macron_1.jpg", "obama_1.jpg", "sunak_1.jpg"]
+    kept = ["ardern_1.jpg", "macron_1.jpg", "obama_1.jpg", "sunak_1.jpg"]
+    assert (faces_copy.parent / "kept.txt").read_text().split() == kept
     assert sorted(p.name for p in faces_copy.glob("*.jpg")) == sorted(f"{n}.jpg" for n in PHOTOS)  # nothing deleted
 
     table = CliRunner().invoke(cli, ["filter", str(faces_copy), "--grouping", "file", "--filters", "uniqueness"])

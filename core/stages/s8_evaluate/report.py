@@ -156,8 +156,8 @@ def to_markdown(datasets: list[DatasetResult]) -> str:
         rows = {m.method: [c.value for c in m.curves] for m in dataset.methods}
         lines += _markdown_table(rows, targets)
         lines.append("")
-        for unreachable in unreachable_fmrs(dataset):
-            lines += [f"Warning: {unreachable.message()}.", ""]
+        notes = [f"- warning: {unreachable.message()}" for unreachable in unreachable_fmrs(dataset)]
+        lines += [*notes, ""] if notes else []
     if len(datasets) > 1:
         lines.append(f"### Mean over {len(datasets)} datasets ({', '.join(d.name for d in datasets)})")
         lines.append("")
