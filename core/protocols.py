@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Protocol, runtime_checkable
 
 from synfiqa.annotation import Annotator as _AnnotatorBase
 from synfiqa.degradation import Degradation as BaseDegradation
@@ -56,6 +56,7 @@ __all__ = [
     "PoseEstimator", "REQUIRED", "Stage2Backend", "VisionLanguage", "declared_scope", "include_yaw",
     "input_folder", "is_generative", "min_face_size", "missing_domains", "missing_members", "model_variant",
     "optional_members", "prepare", "requires", "same_identity_threshold", "skipped_files", "stores_images",
+    "training_network",
 ]
 
 
@@ -358,6 +359,12 @@ class BaseFIQAScorer:
     #: what the loaded weights are, when that varies (an object whose ``describe()`` is one
     #: line, e.g. "iresnet50, CR-FIQA head"): ``synfiqa score`` prints and records it
     variant: Any = None
+    #: how ``synfiqa train`` builds the network untrained: a classmethod or staticmethod
+    #: ``training_network(arch, head, embedding_size, dropout) -> torch.nn.Module`` (called on
+    #: the factory, before any checkpoint exists) whose module maps float [N, 3, 112, 112] in
+    #: [-1, 1] to (embedding [N, F], quality [N, 1]) and whose saved state dict the factory
+    #: loads with ``factory(path=FILE)``. None: the model cannot be trained
+    training_network: Callable[..., Any] | None = None
 
     def score(self, crops: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -368,6 +375,19 @@ def model_variant(scorer) -> str:
     variant = getattr(scorer, "variant", BaseFIQAScorer.variant)
     describe = getattr(variant, "describe", None)
     return str(describe()) if callable(describe) else ""
+
+
+def training_network(factory) -> Callable[..., Any] | None:
+    """BaseFIQAScorer.training_network of a fiqa factory (its class): the builder of its
+    untrained network, or None when it cannot be trained."""
+    member = getattr(factory, "training_network", BaseFIQAScorer.training_network)
+    if member is None:
+        return None
+    if not callable(member):
+        raise PluginError(f"fiqa model {getattr(factory, '__name__', type(factory).__name__)}: training_network must "
+                          f"be a classmethod or staticmethod (arch, head, embedding_size, dropout) -> torch.nn.Module, "
+                          f"got {member!r}")
+    return member
 
 
 # ---------------------------------------------------------------- tables
@@ -413,7 +433,7 @@ OPTIONAL: dict[str, tuple[str, ...]] = {
     "embedder": ("same_identity_threshold",),
     "pose": (),
     "vision-language": (),
-    "fiqa": ("variant",),
+    "fiqa": ("variant", "training_network"),
 }
 
 
