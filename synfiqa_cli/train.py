@@ -7,24 +7,12 @@ import click
 from synfiqa_cli.main import config_options
 
 
-def builtin_cr_fiqa_network(arch: str, head: str, embedding_size: int, dropout: float):
-    """The built-in `cr-fiqa` scorer's network, untrained (the training_network that
-    synfiqa_plugins.models.cr_fiqa.CRFIQAScorer does not offer yet)."""
-    from synfiqa_plugins.models.iresnet import CRFIQANet
-
-    from synfiqa.stages.s6_train.settings import ARCHS
-
-    return CRFIQANet(ARCHS[arch], head, embedding_size, dropout=dropout)
-
-
-BUILTIN_NETWORKS = {"cr-fiqa": builtin_cr_fiqa_network}
-
-
 @click.command()
 @click.argument("datasets", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder of the run.")
-@click.option("--arch", type=click.Choice(["iresnet18", "iresnet34", "iresnet50", "iresnet100"]), default=None,
-              help="Backbone depth (train.arch; default iresnet50).")
+@click.option("--arch", default=None, metavar="NAME",
+              help="The architecture the --network component builds (train.arch; default iresnet50; cr-fiqa: "
+                   "iresnet18, iresnet34, iresnet50, iresnet100).")
 @click.option("--head", type=click.Choice(["linear", "mlp"]), default=None,
               help="Quality head: linear (CR-FIQA) or mlp (SynFIQA++) (train.head; default linear).")
 @click.option("--target", type=click.Choice(["cr", "mr"]), default=None,
@@ -57,7 +45,7 @@ def train(datasets, out, arch, head, target, max_steps, resume, overwrite, expor
     settings = load_settings(config_path, overrides, {"arch": arch, "head": head, "target": target, "device": device,
                                                       "export": export, "network": network})
     registry = get_registry()
-    builder = network_builder(registry, settings.network, BUILTIN_NETWORKS)
+    builder = network_builder(registry, settings.network)
 
     def scorer(path: str):
         return registry.create("fiqa", settings.network, path=path, device="cpu")

@@ -100,7 +100,7 @@ def test_settings_refuse_bad_values_in_one_line(tmp_path):
     from synfiqa.stages.s6_train import load_settings
 
     with pytest.raises(ConfigError) as caught:
-        load_settings(None, ["train.lr=-1", "batch_size=0", "arch='resnet9'", "lrr=0.1"])
+        load_settings(None, ["train.lr=-1", "batch_size=0", "arch=''", "lrr=0.1"])
     text = str(caught.value)
     assert "\n" not in text and "train.lr" in text and "batch_size" in text and "arch" in text and "'lr'" in text
     config = tmp_path / "train.toml"
@@ -419,3 +419,42 @@ def test_cli_trains_iresnet18_and_score_loads_it_and_onnx_matches(demo, tmp_path
     bad = subprocess.run([str(SYNFIQA), "train", str(demo), "--out", str(tmp_path / "x"), "--set", "train.lr=zero"],
                          env=env, capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "train.lr" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_a_third_party_backbone_trains_through_the_cli_and_synfiqa_score_loads_it(demo, tmp_path):
+    """A backbone plugin installed as a real distribution (entry point, model asset): `synfiqa
+    train --network tiny-iresnet` builds its network through training_network, and `synfiqa
+    score --model tiny-iresnet` finds the trained model.pt as the plugin's asset."""
+    from distributions import write_distribution
+    from test_train_tiny import PLUGIN_SOURCE, TinyIResNet
+
+    site = tmp_path / "site"
+    write_distribution(site, "synfiqa-tiny-backbone", "synfiqa_tiny_backbone", PLUGIN_SOURCE)
+    weights = tmp_path / "weights"
+    out = weights / "tiny-iresnet"     # $SYNFIQA_WEIGHTS/<asset>/model.pt
+    env = {k: v for k, v in os.environ.items() if k != "SYNFIQA_DISABLE_PLUGINS"}
+    env.update(PYTHONPATH=os.pathsep.join([str(site), str(TESTS)]), OMP_NUM_THREADS="1", SYNFIQA_WEIGHTS=str(weights))
+    run = subprocess.run([str(SYNFIQA), "train", str(demo), "--out", str(out), "--network", "tiny-iresnet",
+                          "--arch", "tiny", "--target", "mr", "--max-steps", "3", "--no-progress",
+                          "--set", "train.batch_size=8", "--set", "embedding_size=16", "--set", "workers=0",
+                          "--set", "log_every=1"], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "step 3/" in run.stderr
+    network = TinyIResNet("linear", 16)
+    network.load_state_dict(torch.load(out / "model.pt", weights_only=True))   # the tiny layout, strictly
+    network.eval()
+    images = sorted((demo / "data").glob("*/[0-9].jpg"))[:4]
+    scored = subprocess.run([str(SYNFIQA), "score", "--model", "tiny-iresnet", "--aligned", *map(str, images)],
+                            env=env, capture_output=True, text=True, cwd=ROOT)
+    assert scored.returncode == 0, scored.stderr
+    scores = [float(line.split(",")[1]) for line in scored.stdout.splitlines()[1:]]
+    from synfiqa.images import read_rgb
+    crops = torch.from_numpy(np.stack([read_rgb(p) for p in images])).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        direct = network(crops.float() / 127.5 - 1)[1].reshape(-1)
+    assert scores == pytest.approx(direct.tolist(), abs=1e-4)
+    # an architecture the plugin does not have is one line, exit code 2
+    bad = subprocess.run([str(SYNFIQA), "train", str(demo), "--out", str(tmp_path / "bad"), "--network",
+                          "tiny-iresnet", "--arch", "iresnet50", "--max-steps", "1"],
+                         env=env, capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "tiny-iresnet has one architecture" in bad.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import types
 
+import pytest
 import torch
 from torch import nn
 
@@ -49,19 +50,20 @@ class TinyIResNet(nn.Module):
         return embedding, self.qs(feature_map if self.head == "mlp" else embedding)
 
 
-def tiny_network(arch: str = "iresnet18", head: str = "linear", embedding_size: int = EMBEDDING,
-                 dropout: float = 0.0) -> nn.Module:
-    return TinyIResNet(head, embedding_size, dropout)
+TINY_ASSET = "tiny-iresnet"   # its weights: $SYNFIQA_WEIGHTS/tiny-iresnet/model.pt
 
 
 class TinyScorer:
-    """A fiqa component of a third-party backbone: loads a state dict written by training."""
+    """A fiqa component of a third-party backbone: loads a state dict written by training,
+    from path=FILE or from its model asset (what `synfiqa score --model tiny-iresnet` finds)."""
 
     kind = "fiqa"
 
     def __init__(self, path: str = "", device: str = "cpu"):
         from synfiqa.checkpoints import load_state_dict_strictly, read_payload
+        from synfiqa.weights import locate
 
+        path = path or str(locate(TINY_ASSET).files["model.pt"])
         state = read_payload(path)
         head = "mlp" if "qs.2.weight" in state else "linear"
         self.network = TinyIResNet(head, int(state["fc.weight"].shape[0])).eval()
@@ -69,11 +71,18 @@ class TinyScorer:
 
     @classmethod
     def training_network(cls, arch: str, head: str, embedding_size: int, dropout: float) -> nn.Module:
-        return tiny_network(arch, head, embedding_size, dropout)
+        if arch != "tiny":
+            raise ValueError(f"tiny-iresnet has one architecture, 'tiny', not {arch!r}")
+        return TinyIResNet(head, embedding_size, dropout)
 
     @torch.inference_mode()
     def score(self, crops: torch.Tensor) -> torch.Tensor:
         return self.network(crops.float() / 127.5 - 1.0)[1].reshape(-1)
+
+
+def tiny_network(arch: str = "tiny", head: str = "linear", embedding_size: int = EMBEDDING,
+                 dropout: float = 0.0) -> nn.Module:
+    return TinyScorer.training_network(arch, head, embedding_size, dropout)
 
 
 PLUGIN_SOURCE = """
@@ -83,6 +92,11 @@ from test_train_tiny import TinyScorer
 @hookimpl
 def register_models(register):
     register("tiny-iresnet", TinyScorer, summary="a tiny IResNet for tests")
+
+@hookimpl
+def register_model_assets(register):
+    register("tiny-iresnet", files="model.pt", license="MIT", source="synfiqa train --network tiny-iresnet",
+             summary="a tiny IResNet trained by the tests")
 """
 
 
@@ -110,26 +124,47 @@ def test_tiny_network_has_the_checkpoint_layout_of_crfiqanet():
 
 def test_a_third_party_backbone_is_found_through_the_registry():
     from synfiqa.errors import ConfigError
-    from synfiqa.stages.s6_train import TrainableFIQA, network_builder
+    from synfiqa.protocols import optional_members
+    from synfiqa.stages.s6_train import network_builder
+    from synfiqa.stages.s6_train.network import build_network
 
+    assert optional_members("fiqa")["training_network"] is None   # the default: not trainable
     registry = registry_with_tiny()
-    assert isinstance(registry.get("fiqa", "tiny-iresnet").factory, TrainableFIQA)
     builder = network_builder(registry, "tiny-iresnet")
-    assert isinstance(builder(arch="iresnet18", head="mlp", embedding_size=16, dropout=0.0), TinyIResNet)
-    # a fiqa component without training_network is refused, naming the trainable ones
-    try:
+    assert isinstance(builder(arch="tiny", head="mlp", embedding_size=16, dropout=0.0), TinyIResNet)
+    with pytest.raises(ConfigError, match="tiny-iresnet has one architecture"):
+        build_network(builder, "iresnet50", "linear", 16, 0.0)
+    # the built-in cr-fiqa scorer offers it too; a published checkpoint's component does not
+    from synfiqa_plugins.models.iresnet import CRFIQANet
+
+    assert isinstance(network_builder(registry, "cr-fiqa")(arch="iresnet18", head="linear", embedding_size=512,
+                                                           dropout=0.4), CRFIQANet)
+    with pytest.raises(ConfigError) as caught:
         network_builder(registry, "fiqa-synfiqa")
-    except ConfigError as error:
-        assert "cannot be trained" in str(error) and "tiny-iresnet" in str(error)
-    else:
-        raise AssertionError("a scorer without training_network was accepted")
+    text = str(caught.value)
+    assert "cannot be trained" in text and "tiny-iresnet" in text and "cr-fiqa" in text and "fiqa-synfiqa," not in text
+
+
+def test_cr_fiqa_training_network_has_the_published_layout_and_initialisation():
+    from synfiqa_plugins.models.cr_fiqa import CRFIQAScorer
+    from synfiqa_plugins.models.iresnet import CRFIQANet
+
+    torch.manual_seed(0)
+    network = CRFIQAScorer.training_network("iresnet50", "linear", 512, 0.4)
+    assert set(network.state_dict()) == set(CRFIQANet((3, 4, 14, 3), "linear").state_dict())
+    assert network.dropout.p == 0.4
+    # CR-FIQA's IResNet.__init__: conv weights ~ N(0, 0.1) (torch's default would be ~ 0.02 here)
+    weights = torch.cat([m.weight.reshape(-1) for m in network.modules() if isinstance(m, nn.Conv2d)])
+    assert float(weights.mean()).__abs__() < 1e-3 and float(weights.std()) == pytest.approx(0.1, rel=0.01)
+    with pytest.raises(ValueError, match="iresnet18, iresnet34, iresnet50, iresnet100"):
+        CRFIQAScorer.training_network("resnet9", "linear", 512, 0.4)
 
 
 def run_tiny(datasets, out, overrides=(), **options):
     """train() of the tiny network with the test settings (one thread, no workers)."""
     from synfiqa.stages.s6_train import load_settings, train
 
-    settings = load_settings(None, ["embedding_size=16", "dropout=0.0", "workers=0", "log_every=1",
+    settings = load_settings(None, ["arch='tiny'", "embedding_size=16", "dropout=0.0", "workers=0", "log_every=1",
                                     "device='cpu'", *overrides])
     return train(datasets, out, settings, tiny_network, **options)
 

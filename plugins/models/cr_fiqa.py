@@ -99,6 +99,17 @@ class CRFIQAScorer(_CRFIQANetwork):
     def score(self, crops: torch.Tensor) -> torch.Tensor:
         return self.run(crops)[1]
 
+    @classmethod
+    def training_network(cls, arch: str, head: str, embedding_size: int, dropout: float) -> torch.nn.Module:
+        """The untrained network `synfiqa train` trains (synfiqa.protocols.BaseFIQAScorer
+        .training_network): the IResNet of depth `arch` with CR-FIQA's initialisation; its
+        state dict is a checkpoint in the published key layout, which this class loads."""
+        from synfiqa_plugins.models.iresnet import DEPTHS, CRFIQANet, crfiqa_init
+
+        if arch not in DEPTHS:
+            raise ValueError(f"cr-fiqa has no architecture {arch!r}; it has {', '.join(DEPTHS)}")
+        return crfiqa_init(CRFIQANet(DEPTHS[arch], head, embedding_size, dropout=dropout))
+
 
 class CRFIQAEmbedder(_CRFIQANetwork):
     """The CR-FIQA backbone's 512-d embedding (the BN1d output), from any checkpoint in its format."""
@@ -119,8 +130,10 @@ def published_scorer(name: str, asset: str, summary: str) -> type:
     def __init__(self, path: str = "", device: str = "auto", batch_size: int = 64):
         CRFIQAScorer.__init__(self, path=path, asset=asset, device=device, batch_size=batch_size)
 
+    # training_network None: a published checkpoint is not trained again; `--network cr-fiqa` trains its network
     return type(f"PublishedCRFIQA_{name.replace('-', '_')}", (CRFIQAScorer,),
-                {"__init__": __init__, "__doc__": summary, "component": name, "asset": asset})
+                {"__init__": __init__, "__doc__": summary, "component": name, "asset": asset,
+                 "training_network": None})
 
 
 @hookimpl

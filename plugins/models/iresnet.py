@@ -30,6 +30,8 @@ from synfiqa.checkpoints import load_state_dict_strictly
 
 NAMED_DEPTHS = {(2, 2, 2, 2): "iresnet18", (3, 4, 6, 3): "iresnet34", (3, 4, 14, 3): "iresnet50",
                 (3, 13, 30, 3): "iresnet100"}
+DEPTHS = {name: blocks for blocks, name in NAMED_DEPTHS.items()}   # "iresnet50" -> (3, 4, 14, 3)
+CONV_INIT_STD = 0.1  # CR-FIQA's IResNet.__init__: every Conv2d weight ~ N(0, 0.1)
 HEADS = ("linear", "mlp", "none")
 STAGE_WIDTHS = (64, 128, 256, 512)
 FEATURE_MAP_SIDE = 7  # 112 / 2**4
@@ -119,6 +121,20 @@ class CRFIQANet(nn.Module):
         if self.head == "mlp":
             return embedding, self.qs(feature_map)  # SynFIQA++: before the body's BN2d
         return embedding, None
+
+
+def crfiqa_init(network: nn.Module) -> nn.Module:
+    """The initialisation of CR-FIQA's `IResNet.__init__` (fdbtrs/CR-FIQA backbones/iresnet.py):
+    conv weights ~ N(0, 0.1), BatchNorm weight 1 and bias 0 (torch's default for BatchNorm,
+    set again for clarity); Linear layers keep torch's default, as there."""
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.normal_(0.0, CONV_INIT_STD)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+    return network
 
 
 # ---------------------------------------------------------------- checkpoints

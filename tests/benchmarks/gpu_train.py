@@ -34,14 +34,13 @@ def noise_dataset(root: Path, identities: int = 64, per_identity: int = 32) -> P
 
 def run(dataset: Path, out: Path, arch: str, batch: int, steps: int, amp: str) -> dict:
     from synfiqa.stages.s6_train import load_settings, train
-    import synfiqa_cli.main  # noqa: F401  (the command modules load through it)
-    from synfiqa_cli.train import builtin_cr_fiqa_network
+    from synfiqa_plugins.models.cr_fiqa import CRFIQAScorer
 
     settings = load_settings(None, [f"arch='{arch}'", f"batch_size={batch}", f"amp='{amp}'", "workers=8",
                                     "device='cuda'", "log_every=10", "checkpoint_every=100000", "cr_offset=1.0"])
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = train([dataset], out, settings, builtin_cr_fiqa_network, max_steps=steps)
+    result = train([dataset], out, settings, CRFIQAScorer.training_network, max_steps=steps)
     wall = time.perf_counter() - start
     last = result.rows[-1]
     return {"amp": amp, "images_per_s": last["images_per_s"], "steps_per_s": last["steps_per_s"],

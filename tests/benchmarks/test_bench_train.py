@@ -30,15 +30,14 @@ def noise_identities(tmp_path_factory) -> Path:
 
 def test_train_iresnet18_batch64_cpu(benchmark, noise_identities, tmp_path):
     from synfiqa.stages.s6_train import load_settings, train
-    import synfiqa_cli.main  # noqa: F401  (the command modules load through it)
-    from synfiqa_cli.train import builtin_cr_fiqa_network
+    from synfiqa_plugins.models.cr_fiqa import CRFIQAScorer
 
     settings = load_settings(None, [f"batch_size={BATCH}", "arch='iresnet18'", "workers=1", "device='cpu'",
                                     "log_every=1", "cr_offset=1.0"])
     runs = iter(range(100))
 
     def run():
-        return train([noise_identities], tmp_path / f"run{next(runs)}", settings, builtin_cr_fiqa_network,
+        return train([noise_identities], tmp_path / f"run{next(runs)}", settings, CRFIQAScorer.training_network,
                      max_steps=STEPS)
 
     result = benchmark.pedantic(run, rounds=1, iterations=1)

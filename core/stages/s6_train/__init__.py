@@ -7,16 +7,16 @@ CR-FIQA recipe with the certainty-ratio target (CR) or the MR labels of a SynFIQ
     recordio.py   MXNet train.rec/train.idx, read without mxnet
     order.py      the data order: a pure function of (seed, epoch, step)
     loss.py       the ArcFace margin head and the CR-FIQA loss
-    network.py    the trainable-network protocol of `fiqa` components
+    network.py    the network of a `fiqa` component (its training_network)
     loop.py       the training loop: DDP, AMP, checkpoints, resume, metrics
     export.py     ONNX export checked under onnxruntime
     plot.py       the loss plot
 """
 from synfiqa.stages.s6_train.data import FaceDataset, collate, to_network_input
 from synfiqa.stages.s6_train.loop import TrainResult, read_metrics, train
-from synfiqa.stages.s6_train.network import TrainableFIQA, network_builder
+from synfiqa.stages.s6_train.network import network_builder
 from synfiqa.stages.s6_train.recordio import RecordFile
-from synfiqa.stages.s6_train.settings import ARCHS, TrainSettings, load_settings
+from synfiqa.stages.s6_train.settings import TrainSettings, load_settings
 
-__all__ = ["ARCHS", "FaceDataset", "RecordFile", "TrainResult", "TrainSettings", "TrainableFIQA", "collate",
+__all__ = ["FaceDataset", "RecordFile", "TrainResult", "TrainSettings", "collate",
            "load_settings", "network_builder", "read_metrics", "to_network_input", "train"]

@@ -21,8 +21,6 @@ from pathlib import Path
 
 from synfiqa.errors import ConfigError
 
-ARCHS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3),
-         "iresnet100": (3, 13, 30, 3)}
 HEADS = ("linear", "mlp")
 TARGETS = ("cr", "mr")
 AMP = ("auto", "on", "off")
@@ -31,7 +29,8 @@ EXPORTS = ("", "onnx")
 
 @dataclass(frozen=True)
 class TrainSettings:
-    # the network: a `fiqa` component that can build a trainable network (docs/train.md)
+    # the network: a `fiqa` component that can build a trainable network (docs/train.md), and
+    # the architecture it is asked for (cr-fiqa: iresnet18, iresnet34, iresnet50, iresnet100)
     network: str = "cr-fiqa"
     arch: str = "iresnet50"
     head: str = "linear"
@@ -67,10 +66,6 @@ class TrainSettings:
     export: str = ""                 # "onnx": also DIR/model.onnx
 
     # ---------------------------------------------------------------- derived
-
-    @property
-    def blocks(self) -> tuple[int, int, int, int]:
-        return ARCHS[self.arch]
 
     def global_batch(self, world_size: int) -> int:
         return self.batch_size * world_size
@@ -135,12 +130,12 @@ def _problem(name: str, value) -> str | None:
                 shown = f"from {low} to {high}" if high is not None else f">= {low}"
                 return f"train.{name} must be {shown}; got {value}"
         return None
-    choices = {"arch": tuple(ARCHS), "head": HEADS, "target": TARGETS, "amp": AMP, "export": EXPORTS}.get(name)
+    choices = {"head": HEADS, "target": TARGETS, "amp": AMP, "export": EXPORTS}.get(name)
     if not isinstance(value, str):
         return f"train.{name} must be a string; got {value!r}"
     if choices and value not in choices:
         return f"train.{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}"
-    if name in ("network", "device") and not value.strip():
+    if name in ("network", "arch", "device") and not value.strip():
         return f"train.{name} must not be empty"
     return None
 
