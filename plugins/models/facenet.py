@@ -5,7 +5,10 @@ left in the torch cache (`$TORCH_HOME/checkpoints/20180402-114759-vggface2.pt`).
 Input: uint8 RGB [N, 3, S, S] aligned crops, resized to `input_size` (bilinear) when that
 differs, then standardised as facenet-pytorch's fixed_image_standardization: (x - 127.5) / 128.
 `paper_input_quirk=True` reproduces the original MR-FIQA code, which fed the network [0, 1]
-images (x / 255) without that standardisation. Output: 512-d, L2-normalised.
+images (x / 255) without that standardisation, resized (to `input_size`, 160 in the original)
+by torchvision's Resize on the PIL image: Pillow's bilinear filter, rounded to uint8, which
+differs from torch's bilinear by one grey level on about a fifth of the pixels. Output: 512-d,
+L2-normalised.
 """
 from __future__ import annotations
 
@@ -30,6 +33,17 @@ def build_facenet(path) -> torch.nn.Module:
     return model.eval()
 
 
+def pillow_resize(crops: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [N, 3, H, W] resized to size x size as the original's T.Resize on a PIL image does
+    (Pillow's bilinear filter, uint8 out)."""
+    import numpy as np
+    from PIL import Image
+
+    resized = [np.asarray(Image.fromarray(crop.permute(1, 2, 0).cpu().numpy()).resize((size, size), Image.BILINEAR))
+               for crop in crops]
+    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2)
+
+
 class FaceNetEmbedder:
     kind = "embedder"
     dimension = 512
@@ -47,11 +61,14 @@ class FaceNetEmbedder:
         self.batch_size = int(batch_size)
 
     def preprocess(self, crops: torch.Tensor) -> torch.Tensor:
-        x = crops.to(self.device, torch.float32)
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        resize = crops.shape[-1] != self.input_size or crops.shape[-2] != self.input_size
         if self.paper_input_quirk:
-            return x / 255.0
+            if resize:
+                crops = pillow_resize(crops, self.input_size)
+            return crops.to(self.device, torch.float32) / 255.0
+        x = crops.to(self.device, torch.float32)
+        if resize:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return (x - 127.5) / 128.0
 
     @torch.no_grad()

@@ -218,13 +218,15 @@ def sample(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sched
 
 def to_uint8(images: torch.Tensor, minmax_per_image: bool = False) -> np.ndarray:
     """[-1, 1] NCHW -> NHWC uint8. `minmax_per_image` stretches each image to its own
-    min..max first, as DCFace's stage-1 script saves (a quirk, off by default)."""
+    min..max first, as the original's stage-1 script saves (a quirk, off by default): its
+    torchvision `save_image(normalize=True)` of one image, (x - min) / max(max - min, 1e-5), then
+    x * 255 + 0.5 truncated (halves round up, where the default rounds half to even)."""
     images = images.detach().to(torch.float32).cpu()
     if minmax_per_image:
         low = images.amin(dim=(1, 2, 3), keepdim=True)
         high = images.amax(dim=(1, 2, 3), keepdim=True)
-        unit = (images - low) / (high - low).clamp_min(1e-12)
-    else:
-        unit = (images.clamp(-1.0, 1.0) + 1.0) / 2.0
+        unit = (images - low) / (high - low).clamp_min(1e-5)
+        return (unit * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    unit = (images.clamp(-1.0, 1.0) + 1.0) / 2.0
     return (unit * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
