@@ -109,7 +109,8 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 
 def read_rows(path: Path, key: str = "path") -> dict[str, dict]:
-    """Manifest rows by `key`; a torn line (a killed run) is ignored."""
+    """Manifest rows by `key`; a torn line (a killed run) is ignored, and so is a row
+    without the key (a build's skipped sample has no path)."""
     rows = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -117,7 +118,8 @@ def read_rows(path: Path, key: str = "path") -> dict[str, dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            rows[row[key]] = row
+            if isinstance(row, dict) and key in row:
+                rows[row[key]] = row
     return rows
 
 
