@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +172,32 @@ def asset_report(registry=None) -> list[dict]:
     return [status(entry) | {"license": entry.license, "summary": entry.summary,
                             "distribution": entry.distribution, "plugin": entry.plugin}
             for name, entry in all_assets(registry).items()]
+
+
+class MissingAssets:
+    """Collects the model assets a run lacks while it loads its components, so that one
+    one-line error names every one of them (a user fetches them in one go, instead of
+    meeting them one run at a time). Each `need` block is one component's loading; the
+    error says which config keys asked for each missing asset."""
+
+    def __init__(self):
+        self.missing: dict[str, list[str]] = {}   # asset name -> the config keys that need it
+
+    @contextmanager
+    def need(self, where: str):
+        try:
+            yield
+        except WeightsNotFoundError as error:
+            self.add(error, where)
+
+    def add(self, error: WeightsNotFoundError, where: str) -> None:
+        first = str(error).splitlines()[0]
+        name = first.split("'")[1] if first.startswith("model asset '") else first
+        self.missing.setdefault(name, []).append(where)
+
+    def raise_if_any(self) -> None:
+        if not self.missing:
+            return
+        listed = "; ".join(f"{name!r} (for {', '.join(where)})" for name, where in self.missing.items())
+        raise WeightsNotFoundError(f"{len(self.missing)} model asset(s) missing: {listed}. `synfiqa models list` "
+                                   "says where each is searched and how to get it")

@@ -36,6 +36,7 @@ from synfiqa.stages.s3_synthesize import draw_plan, identity_input, load_bank, s
 from synfiqa.stages.s4_degrade import degrade_crops
 from synfiqa.stages.s5_annotate import identity_scores, label_order_lines, labels_as_written, load_annotators, score_dataset
 from synfiqa.timing import StageTimer
+from synfiqa.weights import MissingAssets
 from synfiqa.store import RecordSet, StageFolder, write_atomic, write_error, write_group, write_text_atomic
 
 
@@ -51,18 +52,38 @@ class Pipeline:
     def __post_init__(self):
         config, registry = self.config, self.registry
         self.context = RunContext(config, registry)
+        missing = MissingAssets()   # every component is tried, then one error names every missing asset
         generator_name = config["generate"]["generator"]
-        self.generator = self.context.create("generator", generator_name,
-                                             component_params(config, "generate", generator_name))
+        with missing.need(f"generate.generator {generator_name!r}"):
+            self.generator = self.context.create("generator", generator_name,
+                                                 component_params(config, "generate", generator_name))
         backend_name = config["stage2"]["backend"]
-        self.backend = self.context.create("stage2-backend", backend_name,
-                                           component_params(config, "stage2", backend_name))
+        with missing.need(f"stage2.backend {backend_name!r}"):
+            self.backend = self.context.create("stage2-backend", backend_name,
+                                               component_params(config, "stage2", backend_name))
         self.bank = load_bank(config)
         self.chain = DegradationChain.from_config(config, registry)
-        self.annotators, self.unavailable = load_annotators(config, self.context)
-        self.detector = self.context.model("detector")
-        self.pose = self.context.model("pose")
+        self.annotators, self.unavailable = load_annotators(config, self.context, missing)
+        with missing.need("models.detector"):
+            self.detector = self.context.model("detector")
+        with missing.need("models.pose"):
+            self.pose = self.context.model("pose")
+        self._try_filter_models(missing)
+        missing.raise_if_any()
         self.plugins = self._plugin_versions()
+
+    def _try_filter_models(self, missing: MissingAssets) -> None:
+        """The filter chain's models, tried now so that their missing weights join the one error:
+        each filter (its own model loads as it is made) and each model its parameters name
+        (`embedder`, `pose`: loaded only when it judges). The filters are made again when they run."""
+        for name in self.config["filter"]["chain"]:
+            params = component_params(self.config, "filter", name)
+            with missing.need(f"filter {name!r}"):
+                self.context.create("filter", name, params)
+            for kind in ("embedder", "pose"):
+                if params.get(kind):
+                    with missing.need(f"filter.params.{name}.{kind}"):
+                        self.context.create(kind, params[kind], component_params(self.config, "models", params[kind]))
 
     def _plugin_versions(self) -> dict[str, str]:
         def owner(kind, name):

@@ -39,6 +39,7 @@ from synfiqa.images import read_rgb
 from synfiqa.mr_label import original_label_sources
 from synfiqa.progress import progress as progress_bar
 from synfiqa.store import RecordSet, StageFolder, write_text_atomic
+from synfiqa.weights import MissingAssets
 
 STORED_FORMAT = 2  # of .synfiqa/annotate/<identity>.json; a change invalidates stored results
 
@@ -46,10 +47,12 @@ STORED_FORMAT = 2  # of .synfiqa/annotate/<identity>.json; a change invalidates 
 # ---------------------------------------------------------------- the two steps, shared with the build
 
 
-def load_annotators(config: dict, context: RunContext) -> tuple[list, dict[str, str]]:
+def load_annotators(config: dict, context: RunContext,
+                    missing: MissingAssets | None = None) -> tuple[list, dict[str, str]]:
     """The configured annotators, each prepared (models loaded) and its inputs checked
     before any sample is touched. An optional annotator whose weights are missing is
-    reported unavailable (name -> why) instead."""
+    reported unavailable (name -> why) instead; another one's missing weights raise, or with
+    `missing` are collected there (the caller raises once it has tried every component)."""
     annotators, unavailable = [], {}
     for name in config["annotate"]["chain"]:
         try:
@@ -57,12 +60,15 @@ def load_annotators(config: dict, context: RunContext) -> tuple[list, dict[str, 
             protocols.prepare(annotator, context)
         except WeightsNotFoundError as error:
             if name not in config["annotate"]["optional"]:
-                raise
+                if missing is None:
+                    raise
+                missing.add(error, f"annotator {name!r}")
+                continue
             unavailable[name] = str(error).splitlines()[0].rstrip(".")
             continue
         provided = {key for _, earlier in annotators for key in earlier.provides}
         needed = [key for key in protocols.requires(annotator) if key not in provided]
-        if needed:
+        if needed and not (missing is not None and missing.missing):  # missing weights of an earlier one explain it
             why = (f" (annotator {needed[0]!r} is unavailable: {unavailable[needed[0]]})"
                    if needed[0] in unavailable else "")
             raise ConfigError(f"annotator {name!r} needs the {needed[0]!r} score: put an annotator providing it "
