@@ -61,7 +61,7 @@ setup(
     package_dir=PACKAGE_DIRS,
     packages=discover_packages(),
     package_data={
-        "synfiqa": ["*.toml"],
+        "synfiqa": ["*.toml", "presets/*.toml"],
         "synfiqa_csrc": ["*.h", "*.cpp", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh", "cuda/*.h", "cuda/*.cpp"],
     },
     entry_points={

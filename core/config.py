@@ -312,16 +312,37 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
 
+# Presets: TOML layers shipped with synfiqa (core/presets/<name>.toml), applied over the
+# defaults and under a user's file and overrides. `paper` is the MR-FIQA paper's configuration.
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESETS.glob("*.toml"))
+
+
+def read_preset(name: str) -> dict:
+    """The TOML table of a shipped preset; an unknown name is one line listing the known ones."""
+    if name not in preset_names():
+        close = difflib.get_close_matches(name, preset_names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint} (presets: {', '.join(preset_names())})")
+    return tomllib.loads((PRESETS / f"{name}.toml").read_text(encoding="utf-8"))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), registry=None,
-                *, values: Mapping[str, object] | None = None) -> dict:
-    """The validated config: the defaults, then the file at `path`, then each `section.key=value`
-    override (TOML text, as users type it), then `values`, {dotted key: Python value} from code
-    (a CLI option's value, already typed: checked against the key's type, never formatted as
-    text; None means "not given" and is skipped). Then the whole config is validated (with
-    `registry`, component names and parameters too). Every problem, of the file's keys, the
-    overrides, the values and the config as a whole, is in the one ConfigError."""
+                *, values: Mapping[str, object] | None = None, preset: str | None = None) -> dict:
+    """The validated config: the defaults, then the shipped `preset` (a name, see
+    `preset_names`), then the file at `path`, then each `section.key=value` override (TOML
+    text, as users type it), then `values`, {dotted key: Python value} from code (a CLI
+    option's value, already typed: checked against the key's type, never formatted as text;
+    None means "not given" and is skipped). Then the whole config is validated (with
+    `registry`, component names and parameters too). Every problem, of the preset's, the
+    file's keys, the overrides, the values and the config as a whole, is in the one ConfigError."""
     config = default_config()
     problems: list[str] = []
+    if preset is not None:
+        merge(config, read_preset(preset), problems=problems)
     if path is not None:
         merge(config, read_config_file(path), problems=problems)
     for override in overrides:
