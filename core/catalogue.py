@@ -4,11 +4,17 @@ The catalogue is how the built-ins announce themselves, and it grants them nothi
 third-party plugin cannot have:
 
 * ``[[plugin]]`` names the module of each built-in component (setup.py makes the entry
-  points from it) and its summary. A component's default parameters are its factory's
-  (see synfiqa.registry), for a built-in as for anybody; a ``defaults`` table here is
-  documentation only, and a test keeps it equal to the factory's.
+  points from it), its summary and its factory's default parameters (``defaults``, and
+  ``defaults_none`` for those whose default is None). They let synfiqa list a built-in, show
+  it and check a config's parameters for it without importing its module (most import
+  torch); once imported, the factory's own defaults rule (see synfiqa.registry), and a test
+  keeps the two equal.
 * ``[[module]]`` names a built-in module that registers no component, only commands
   (``register_commands``) or assets; it becomes an entry point like the others.
+* ``[[command]]`` announces a command a built-in module adds through ``register_commands``
+  (its path, as ``render`` or ``convert guided-diffusion``, and its short help), so that
+  ``synfiqa --help`` lists it without importing the module; the module is imported when the
+  command runs.
 * ``[[asset]]`` declares the built-in model assets. This module is itself a built-in
   plugin: its ``register_model_assets`` hands every ``[[asset]]`` to the same ``register``
   a third-party plugin declares its assets with, so both take one code path into
@@ -31,7 +37,16 @@ class PluginEntry:
     kind: str
     module: str
     summary: str
-    defaults: dict = field(default_factory=dict)  # documentation only: the factory's own defaults rule
+    # the factory's own defaults, announced for listing and config checks before the module is
+    # imported (a test keeps them equal to the factory's)
+    defaults: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommandEntry:
+    path: str      # "render", or "convert guided-diffusion" for a subcommand of a group
+    module: str    # the built-in module whose register_commands adds it
+    summary: str   # the short help `synfiqa --help` shows before the module is imported
 
 
 @dataclass(frozen=True)
@@ -66,13 +81,19 @@ def catalogue_path() -> Path:
 
 
 @functools.cache
+def _raw_catalogue() -> dict:
+    return tomllib.loads(catalogue_path().read_text())
+
+
+@functools.cache
 def load_catalogue() -> tuple[dict[tuple[str, str], PluginEntry], dict[str, AssetEntry]]:
-    raw = tomllib.loads(catalogue_path().read_text())
+    raw = _raw_catalogue()
     plugins = {}
     for item in raw.get("plugin", []):
         entry = PluginEntry(
             name=item["name"], kind=item["kind"], module=item["module"],
-            summary=item.get("summary", ""), defaults=dict(item.get("defaults", {})),
+            summary=item.get("summary", ""),
+            defaults=dict(item.get("defaults", {})) | dict.fromkeys(item.get("defaults_none", [])),
         )
         plugins[(entry.kind, entry.name)] = entry
     assets = {}
@@ -92,8 +113,14 @@ def builtin_plugin_modules() -> list[str]:
     """Every built-in plugin module: those of the ``[[plugin]]`` components and the
     ``[[module]]`` entries (modules that register only commands or assets)."""
     plugins, _ = load_catalogue()
-    raw = tomllib.loads(catalogue_path().read_text())
+    raw = _raw_catalogue()
     return sorted({entry.module for entry in plugins.values()} | {item["module"] for item in raw.get("module", [])})
+
+
+def builtin_commands() -> dict[str, CommandEntry]:
+    """The ``[[command]]`` tables by path: the commands built-in modules add."""
+    return {item["path"]: CommandEntry(item["path"], item["module"], item.get("summary", ""))
+            for item in _raw_catalogue().get("command", [])}
 
 
 @hookimpl

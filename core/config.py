@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
-import inspect
 import json
 import re
 import tomllib
@@ -654,7 +653,7 @@ def _registry_problems(config: dict, registry) -> list[str]:
                 component = used[(section, name)]
                 if component is not None:
                     try:
-                        inspect.signature(component.factory).bind(**{**component.defaults, **table})
+                        component.check_params(table)
                     except TypeError as error:
                         problems.append(f"{section}.params.{name}: bad parameters for {component.kind} "
                                         f"{name!r}: {error}")
@@ -681,12 +680,15 @@ def _exists(registry, kind: str, name: str) -> bool:
 
 
 def _scope(registry, name: str) -> str | None:
-    from synfiqa.protocols import declared_scope
-
     try:
-        return declared_scope(registry.get("annotator", name).factory)
+        component = registry.get("annotator", name)
     except PluginError:
         return None
+    if component.distribution == "synfiqa":  # CROP_ANNOTATORS knows the built-ins': nothing imported to ask
+        return "identity" if name in CROP_ANNOTATORS else "dataset"
+    from synfiqa.protocols import declared_scope  # imports torch
+
+    return declared_scope(component.factory)
 
 
 def component_params(config: dict, section: str, name: str) -> dict:

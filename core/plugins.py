@@ -18,6 +18,12 @@ bug in synfiqa.
 Besides the catalogue's plugin modules, the built-ins include ``synfiqa.catalogue`` itself:
 it declares registry.toml's model assets through ``register_model_assets``, the hook a
 third-party plugin declares its own with.
+
+The built-in plugin modules are not imported when the manager is built (most import torch):
+`build_plugin_manager` records them in ``deferred``, the registry lists their components from
+registry.toml, and a module is imported and registered (`load_builtin`) when one of its
+components is created or one of its commands runs. Third-party plugins are imported when the
+manager is built: their components can be known no other way.
 """
 from __future__ import annotations
 
@@ -88,6 +94,8 @@ class SynfiqaPluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.loaded: list[LoadedPlugin] = []
         self.failed: list[FailedPlugin] = []
+        # built-in modules known from the catalogue, not imported yet (see the module's docstring)
+        self.deferred: list[LoadedPlugin] = []
 
     def register_module(self, module, distribution: str, version: str, name: str | None = None):
         name = name or module.__name__
@@ -95,6 +103,25 @@ class SynfiqaPluginManager(pluggy.PluginManager):
             return
         self.register(module, name=name)
         self.loaded.append(LoadedPlugin(name, module.__name__, distribution, version))
+        self.deferred = [p for p in self.deferred if p.module != module.__name__]
+
+    def defer_builtins(self):
+        """Record the built-in modules (registry.toml's) without importing them."""
+        from synfiqa import __version__
+
+        loaded = {p.module for p in self.loaded}
+        self.deferred = [LoadedPlugin(module_name, module_name, BUILTIN_DISTRIBUTION, __version__)
+                         for module_name in builtin_plugin_modules() if module_name not in loaded]
+
+    def load_builtin(self, module_name: str):
+        """Import one built-in module now, register it and check its hooks (a misspelt hook in a
+        built-in raises); returns the module."""
+        from synfiqa import __version__
+
+        module = importlib.import_module(module_name)
+        self.register_module(module, BUILTIN_DISTRIBUTION, __version__)
+        self.check_hooks()
+        return module
 
     def fail(self, name: str, distribution: str, error: str) -> FailedPlugin:
         """Skip a third-party plugin: unregister it (none of its hooks runs again), record
@@ -156,12 +183,16 @@ class SynfiqaPluginManager(pluggy.PluginManager):
                     cli.commands.update(before)
                 self.fail(impl.plugin_name, distribution, f"register_commands raised {' '.join(repr(error).split())}")
 
-    def load_entry_points(self):
+    def load_entry_points(self, builtins: bool = True):
+        """Import and register every wanted entry point's module; with builtins=False only the
+        third-party ones (the built-ins are the catalogue's, see `defer_builtins`)."""
         for entry_point in metadata.entry_points(group=GROUP):
             dist = entry_point.dist
             distribution = dist.metadata["Name"] if dist else "unknown"
             version = dist.version if dist else "unknown"
             if not _wanted(distribution, entry_point.name):
+                continue
+            if distribution == BUILTIN_DISTRIBUTION and not builtins:
                 continue
             try:
                 module = entry_point.load()
@@ -183,10 +214,24 @@ class SynfiqaPluginManager(pluggy.PluginManager):
 
 
 def build_plugin_manager() -> SynfiqaPluginManager:
-    """Every wanted plugin, loaded and checked: the entry points, the built-ins the entry
-    points miss, then `check_hooks` (a misspelt hook fails loudly)."""
+    """Every wanted plugin: the third-party entry points imported, registered and checked
+    (`check_hooks`: a misspelt hook fails loudly), the catalogue plugin registered, and the
+    built-in modules deferred (imported by `load_builtin` when needed)."""
+    from synfiqa import __version__
+
     manager = SynfiqaPluginManager()
-    manager.load_entry_points()
-    manager.load_missing_builtins()
+    manager.load_entry_points(builtins=False)
+    manager.register_module(importlib.import_module(CATALOGUE_PLUGIN), BUILTIN_DISTRIBUTION, __version__)
+    manager.defer_builtins()
     manager.check_hooks()
     return manager
+
+
+def add_builtin_commands(cli, module_names) -> None:
+    """Run the register_commands hook of these built-in modules (imported now) on `cli`."""
+    if not module_names:
+        return
+    manager = SynfiqaPluginManager()
+    for module_name in module_names:
+        manager.load_builtin(module_name)
+    manager.add_commands(cli)

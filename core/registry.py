@@ -11,11 +11,12 @@ its summary, which a third party passes as ``summary=``."""
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from synfiqa.catalogue import AssetEntry, AssetFile, load_catalogue
@@ -55,19 +56,51 @@ def factory_defaults(factory) -> dict:
             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
 
 
-@dataclass(frozen=True)
 class Component:
-    kind: str
-    name: str
-    factory: Callable[..., Any]
-    summary: str
-    defaults: dict = field(default_factory=dict)
-    plugin: str = ""
-    distribution: str = ""
-    version: str = ""
+    """One registered component. A built-in whose module is not imported yet is known from
+    registry.toml (kind, name, summary, defaults): its ``factory`` is imported on first use
+    (`Registry` loads the module then), so listing components, showing one or checking a
+    config imports no torch. Once imported, ``defaults`` are the factory's own, and
+    registry.toml's must have said the same (`Registry._import_builtin` checks it)."""
+
+    def __init__(self, kind: str, name: str, factory: Callable[..., Any] | None, summary: str,
+                 defaults: dict | None = None, plugin: str = "", distribution: str = "", version: str = "",
+                 *, importer: Callable[[], Component] | None = None):
+        self.kind, self.name, self.summary = kind, name, summary
+        self.plugin, self.distribution, self.version = plugin, distribution, version
+        self._factory = factory
+        self._defaults = dict(defaults or {})
+        self._importer = importer  # returns the component as its module registers it
+
+    @property
+    def imported(self) -> bool:
+        return self._importer is None
+
+    def _import(self) -> None:
+        if self._importer is not None:
+            registered = self._importer()
+            self._factory, self._defaults, self._importer = registered.factory, registered.defaults, None
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        self._import()
+        return self._factory
+
+    @property
+    def defaults(self) -> dict:
+        return self._defaults
+
+    def check_params(self, params: dict) -> None:
+        """Raises TypeError when `params` (over the defaults) do not bind to the factory. Parameters
+        that are all among the announced defaults of a component not imported yet bind without
+        importing it (the defaults are the factory's keyword parameters)."""
+        if not self.imported and set(params) <= set(self._defaults):
+            return
+        inspect.signature(self.factory).bind(**{**self.defaults, **params})
 
     def create(self, **params):
-        return self.factory(**{**self.defaults, **params})
+        factory = self.factory
+        return factory(**{**self.defaults, **params})
 
     def describe(self) -> dict:
         return {
@@ -75,6 +108,10 @@ class Component:
             "defaults": self.defaults, "plugin": self.plugin,
             "distribution": self.distribution, "version": self.version,
         }
+
+    def __repr__(self):
+        return (f"Component(kind={self.kind!r}, name={self.name!r}, plugin={self.plugin!r}, "
+                f"distribution={self.distribution!r}, imported={self.imported})")
 
 
 @dataclass(frozen=True)
@@ -101,9 +138,57 @@ class Registry:
         self._components: dict[tuple[str, str], Component] = {}
         self._assets: dict[str, AssetEntry] = {}
         self.skipped: list[SkippedComponent] = []
+        self._imported_builtins: dict[str, dict[tuple[str, str], Component]] = {}  # module -> its components
         self._collect()
 
     def _collect(self):
+        staged, broken = self._run_hooks()
+        for plugin, (distribution, why) in broken.items():
+            staged.pop(plugin, None)
+            self.manager.fail(plugin, distribution, why)
+        # built-ins first (those not imported yet, then the others): a third-party component never displaces one
+        ordered = [self._announced_builtins(), *sorted(
+            staged.values(), key=lambda parts: not parts or parts[0].distribution != BUILTIN_DISTRIBUTION)]
+        for parts in ordered:
+            for part in parts:
+                self._add(part)
+
+    def _announced_builtins(self) -> list[Component]:
+        """The components of the deferred built-in modules, as registry.toml announces them."""
+        catalogue, _ = load_catalogue()
+        deferred = {p.module: p for p in self.manager.deferred}
+        return [Component(kind=entry.kind, name=entry.name, factory=None, summary=entry.summary,
+                          defaults=entry.defaults, plugin=entry.module, distribution=BUILTIN_DISTRIBUTION,
+                          version=deferred[entry.module].version,
+                          importer=functools.partial(self._import_builtin, entry.kind, entry.name))
+                for entry in catalogue.values() if entry.module in deferred]
+
+    def _import_builtin(self, kind: str, name: str) -> Component:
+        """Import the built-in module of (kind, name), run its hooks and return the component as
+        the module registers it. A component the module registers beyond registry.toml's is
+        added now; one registry.toml announces that the module does not register is a bug in
+        synfiqa. (tests/test_cli_startup.py keeps the announced defaults equal to the factories'.)"""
+        catalogue, _ = load_catalogue()
+        module_name = catalogue[(kind, name)].module
+        if module_name not in self._imported_builtins:
+            self.manager.load_builtin(module_name)
+            staged, _ = self._run_hooks(only=module_name)
+            registered = {(c.kind, c.name): c for c in staged.get(module_name, []) if isinstance(c, Component)}
+            missing = sorted(key for key, entry in catalogue.items()
+                             if entry.module == module_name and key not in registered)
+            if missing:
+                raise PluginError(f"registry.toml announces {missing} in built-in module {module_name}, "
+                                  f"which does not register them; make the two agree")
+            for key, component in registered.items():
+                if key not in self._components:
+                    self._add(component)
+            self._imported_builtins[module_name] = registered
+        return self._imported_builtins[module_name][(kind, name)]
+
+    def _run_hooks(self, only: str | None = None) -> tuple[dict[str, list], dict[str, tuple[str, str]]]:
+        """Every registration hook of every registered plugin (or of plugin `only`): plugin name ->
+        what its hooks registered (components, assets), and the third-party plugins whose hooks
+        failed -> (distribution, why)."""
         catalogue, _ = load_catalogue()
         owners = {p.name: p for p in self.manager.loaded}
         staged: dict[str, list] = {}   # plugin name -> what its hooks registered (components, assets)
@@ -111,7 +196,7 @@ class Registry:
         for hook_name, hook_kind in HOOKS.items():
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 plugin = impl.plugin_name
-                if plugin in broken:
+                if plugin in broken or (only is not None and plugin != only):
                     continue
                 owner = owners.get(plugin)
                 distribution = owner.distribution if owner else "unknown"
@@ -129,14 +214,7 @@ class Registry:
                     if distribution == BUILTIN_DISTRIBUTION:
                         raise
                     broken[plugin] = (distribution, f"{hook_name} raised {_short(error)}")
-        for plugin, (distribution, why) in broken.items():
-            staged.pop(plugin, None)
-            self.manager.fail(plugin, distribution, why)
-        # built-ins first: a third-party component never displaces one
-        ordered = sorted(staged.values(), key=lambda parts: not parts or parts[0].distribution != BUILTIN_DISTRIBUTION)
-        for parts in ordered:
-            for part in parts:
-                self._add(part)
+        return staged, broken
 
     def _register_callback(self, hook_kind, hook_name, plugin, distribution, version, catalogue, into: list):
         """The `register` a component hook implementation receives:
@@ -298,7 +376,7 @@ class Registry:
     def create(self, kind: str, name: str, **params):
         component = self.get(kind, name)
         try:
-            inspect.signature(component.factory).bind(**{**component.defaults, **params})
+            inspect.signature(component.factory).bind(**{**component.defaults, **params})  # imports it
         except TypeError as error:
             raise PluginError(f"bad parameters for {kind} {name!r}: {error}") from None
         return component.create(**params)

@@ -11,8 +11,99 @@ import click
 from synfiqa.errors import SynfiqaError
 
 
+# The commands whose module is imported only when that command runs (or its own --help is
+# asked), so that `synfiqa --help` imports no torch: name -> (module exposing COMMANDS, the
+# short help `synfiqa --help` shows). tests/test_cli_startup.py keeps each short help equal to
+# the command's own. A new stage command: its module in synfiqa_cli/, one line here.
+LAZY_COMMANDS = {
+    "generate": ("synfiqa_cli.generate", "Generate N identities into OUT (one sub-folder each, with a manifest); "
+                                         "a rerun resumes."),
+    "filter": ("synfiqa_cli.filter", "Run the identity filters over the identities in DIRECTORY (read only)."),
+    "degrade": ("synfiqa_cli.degrade", "Apply degrade.chain to PATHS (image files, or folders searched "
+                                       "recursively): N copies of each, written losslessly as OUT/<name>/<k>.png "
+                                       "with every drawn parameter in OUT/degraded.jsonl."),
+    "annotate": ("synfiqa_cli.annotate", "Score every degraded sample of DATASET: writes Quality-Scores.txt (keyed "
+                                         "by image path), annotations.jsonl and annotation-summary.json."),
+    "score": ("synfiqa_cli.score", "Score the face image quality of PATHS (image files, or folders searched "
+                                   "recursively)."),
+    "evaluate": ("synfiqa_cli.evaluate", "Error-versus-discard curves and pAUC of face image quality on "
+                                         "verification pairs."),
+    "ops": ("synfiqa_cli.ops", "The compiled ops (blur_resample, ref_cosine, greedy_unique, rasterize): status and "
+                               "build."),
+    "convert": ("synfiqa_cli.convert", "Convert original checkpoints to the formats synfiqa loads."),
+    "train": ("synfiqa_cli.train", "Train a FIQA network on DATASETS: SynFIQA builds, folders with one sub-folder "
+                                   "of aligned crops per identity, or MXNet RecordIO train.rec files."),
+    "export": ("synfiqa_cli.export", "Export the SynFIQA build in DATASET to --out (docs/export.md)."),
+    "report": ("synfiqa_cli.report", "Write a static HTML report of the build in DATASET: one folder that opens "
+                                     "from disk."),
+}
+
+
 class SynfiqaGroup(click.Group):
-    """Turns synfiqa's own errors into one-line messages with exit code 2."""
+    """The top-level group. Turns synfiqa's own errors into one-line messages with exit code 2,
+    and imports a command's module only when the command is looked up to run: the stage
+    commands of LAZY_COMMANDS, and the built-in plugins' commands that registry.toml's
+    ``[[command]]`` tables announce (their module's ``register_commands`` hook runs then, on
+    this group). `synfiqa --help` lists them from those tables without importing anything."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resolved: set[str] = set()
+
+    def _announced(self) -> dict[str, str]:
+        """Every command not imported yet -> its short help."""
+        from synfiqa.catalogue import builtin_commands
+
+        announced = {name: help_text for name, (_, help_text) in LAZY_COMMANDS.items()}
+        for path, entry in builtin_commands().items():
+            if " " not in path:
+                announced.setdefault(path, entry.summary)
+        return {name: text for name, text in announced.items() if name not in self._resolved}
+
+    def add_stage_commands(self, name: str) -> None:
+        """The click commands of LAZY_COMMANDS[name]'s module, imported now."""
+        import importlib
+
+        for command in importlib.import_module(LAZY_COMMANDS[name][0]).COMMANDS:
+            if command.name not in self.commands:
+                self.add_command(command)
+
+    def resolve(self, name: str) -> None:
+        """Import what makes command `name`: its stage module, then the register_commands hook of
+        every built-in module that announces `name` or a subcommand of it (the ddpm generator's
+        `convert guided-diffusion` goes into the `convert` group)."""
+        if name in self._resolved:
+            return
+        self._resolved.add(name)
+        if name in LAZY_COMMANDS:
+            self.add_stage_commands(name)
+        from synfiqa.catalogue import builtin_commands
+        from synfiqa.plugins import add_builtin_commands
+
+        add_builtin_commands(self, sorted({entry.module for path, entry in builtin_commands().items()
+                                           if path.split()[0] == name}))
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *self._announced()})
+
+    def get_command(self, ctx, name):
+        if name in self._announced():
+            self.resolve(name)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx, formatter):
+        """click's own listing; a command not imported yet shows the short help its table gives."""
+        announced = self._announced()
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name) if name not in announced else click.Command(name, help=announced[name])
+            if command is None or command.hidden:
+                continue
+            rows.append((name, command))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
 
     def invoke(self, ctx):
         try:
@@ -143,7 +234,8 @@ def plugins_list(as_json, kind):
     if as_json:
         payload = {
             "components": [c.describe() for c in components],
-            "plugins": [vars(p) for p in registry.manager.loaded],
+            "plugins": [vars(p) | {"imported": True} for p in registry.manager.loaded]
+                       + [vars(p) | {"imported": False} for p in registry.manager.deferred],
             "failed": [vars(p) for p in registry.manager.failed],
             "skipped": [vars(c) for c in registry.skipped],
         }
@@ -223,30 +315,16 @@ def models_list(as_json):
         click.echo(f"{row['asset']:<22} {where:<34} {row['summary']}")
 
 
-# Stage commands live in their own modules; each exposes COMMANDS, a list of click commands.
-STAGE_COMMAND_MODULES = (
-    "synfiqa_cli.generate", "synfiqa_cli.filter", "synfiqa_cli.degrade", "synfiqa_cli.annotate",
-    "synfiqa_cli.score", "synfiqa_cli.evaluate", "synfiqa_cli.ops", "synfiqa_cli.convert", "synfiqa_cli.train",
-    "synfiqa_cli.export", "synfiqa_cli.report",
-)
-
-
-def _load_stage_commands():
-    import importlib
-    import importlib.util
-
-    for module_name in STAGE_COMMAND_MODULES:
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        for command in importlib.import_module(module_name).COMMANDS:
-            cli.add_command(command)
-
-
 def _load_plugin_commands():
+    """Third-party plugins add their commands now (a failing one is named and skipped); the
+    built-ins' are announced by the catalogue and added when looked up (SynfiqaGroup)."""
     from synfiqa.plugins import build_plugin_manager
 
-    build_plugin_manager().add_commands(cli)  # a failing third-party plugin is named and skipped
+    manager = build_plugin_manager()
+    if manager.hook.register_commands.get_hookimpls():
+        for name in LAZY_COMMANDS:  # a plugin may add a subcommand to a stage group (`convert`): make them
+            cli.add_stage_commands(name)
+        manager.add_commands(cli)
 
 
-_load_stage_commands()
 _load_plugin_commands()
