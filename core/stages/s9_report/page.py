@@ -28,6 +28,10 @@ document.querySelectorAll('img.sample,img.reference').forEach(function(img){
   img.addEventListener('click',function(){var v=document.getElementById('viewer');
     v.querySelector('img').src=img.src;v.querySelector('pre').textContent=img.title;v.style.display='block';});});
 document.getElementById('viewer').addEventListener('click',function(){this.style.display='none';});
+window.addEventListener('load',function(){var broken=0,shown=0;   // what a browser test reads back
+  Array.prototype.forEach.call(document.images,function(i){if(!i.getAttribute('src'))return;
+    if(i.complete&&i.naturalWidth>0)shown++;else broken++;});
+  document.body.setAttribute('data-images-shown',shown);document.body.setAttribute('data-images-broken',broken);});
 """
 
 
