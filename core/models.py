@@ -12,7 +12,11 @@
 """
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -50,3 +54,20 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+_loaded: dict[tuple, object] = {}
+_loading = threading.Lock()
+
+
+def load_once(path: str | os.PathLike, variant: object, load: Callable[[], object]):
+    """What `load()` makes of a weights file, made once per process and shared by every later
+    build, score or test in it: keyed by the file (resolved path, size, modification time: a
+    replaced file loads again) and `variant` (the loader's options). For loaded models that
+    are not changed after loading; a component keeps its per-instance state outside."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, variant)
+    with _loading:   # two threads building the same model load it once
+        if key not in _loaded:
+            _loaded[key] = load()
+        return _loaded[key]

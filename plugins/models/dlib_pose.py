@@ -110,12 +110,13 @@ class Dlib68PnPPose:
         import dlib
 
         from synfiqa.errors import WeightsNotFoundError
+        from synfiqa.models import load_once
         from synfiqa.weights import locate
 
         location = locate("dlib-shape-68", explicit=path or None)
         model_file = next(iter(location.files.values()))
-        try:
-            self._predictor = dlib.shape_predictor(str(model_file))
+        try:   # ~1 s for the 100 MB file: once per process (synfiqa.models.load_once)
+            self._predictor = load_once(model_file, "dlib.shape_predictor", lambda: dlib.shape_predictor(str(model_file)))
         except RuntimeError as error:
             raise WeightsNotFoundError(f"model asset 'dlib-shape-68': dlib cannot load {model_file}: {error}") from None
         self._dlib = dlib

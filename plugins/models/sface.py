@@ -9,7 +9,8 @@ Backends:
   blocked layout with pre-packed weights; chunks of 4 crops (the last one padded) run side
   by side, one torch thread each, so a crop's embedding is the same bits whatever batch it
   comes in. Same embeddings as OpenCV to float32 rounding (cosine > 1 - 1e-9 per crop, see
-  tests/test_models_sface.py), about 2x faster on CPU.
+  tests/test_models_sface.py), about 2x faster on CPU. The translated and frozen modules are
+  made once per process and file (synfiqa.models.load_once): a second embedder or build reuses them.
 * "opencv": OpenCV's DNN module (opencv_dnn.py: 4.x and 5.x), the reference the torch path is checked
   against.
 """
@@ -65,15 +66,12 @@ class SFaceEmbedder:
             raise WeightsNotFoundError(f"model asset 'sface': OpenCV cannot load {self.model_file}: {error}") from None
 
     def _load_torch(self):
-        from synfiqa_plugins.models.onnx_graph import load_onnx_graph
+        # translating and freezing take seconds: once per process and file, shared by every
+        # embedder made from it (the modules are only run after this, never changed)
+        from synfiqa.models import load_once
 
-        graph = load_onnx_graph(self.model_file)
-        if graph.input_shape[1:] != [3, 112, 112]:
-            from synfiqa.errors import CheckpointError
-
-            raise CheckpointError(f"{self.model_file}: input shape {graph.input_shape}, SFace takes [N, 3, 112, 112]")
-        self.graph = graph.to(memory_format=torch.channels_last)
-        self._forward = _frozen_for_cpu(self.graph, self.chunk) or self.graph
+        self.graph, self._forward = load_once(self.model_file, ("sface-torch", self.chunk),
+                                              lambda: translated_for_cpu(self.model_file, self.chunk))
 
     def embed(self, crops: torch.Tensor) -> torch.Tensor:
         if crops.dim() != 4 or crops.shape[1:] != (3, 112, 112) or crops.dtype != torch.uint8:
@@ -135,6 +133,20 @@ class SFaceEmbedder:
         torch.set_num_threads(count)
         self._pool, self._pool_key = pool, key
         return pool
+
+
+def translated_for_cpu(model_file, chunk: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the translated graph in channels-last layout, the module embed() runs: the graph
+    frozen by TorchScript for chunks of `chunk` crops, or the graph itself)."""
+    from synfiqa_plugins.models.onnx_graph import load_onnx_graph
+
+    graph = load_onnx_graph(model_file)
+    if graph.input_shape[1:] != [3, 112, 112]:
+        from synfiqa.errors import CheckpointError
+
+        raise CheckpointError(f"{model_file}: input shape {graph.input_shape}, SFace takes [N, 3, 112, 112]")
+    graph = graph.to(memory_format=torch.channels_last)
+    return graph, _frozen_for_cpu(graph, chunk) or graph
 
 
 def _frozen_for_cpu(graph: torch.nn.Module, batch: int):
