@@ -50,3 +50,8 @@ class DataFileError(SynfiqaError):
 
 class OutputWriteError(SynfiqaError):
     """The output could not be written (a full disk, a read-only folder); nothing half-written is left."""
+
+
+class AssetTransferError(SynfiqaError):
+    """A model asset could not be downloaded, packed or unpacked (the message names the file;
+    a corrupt one names the expected and the actual sha256, and is not installed)."""
