@@ -333,3 +333,52 @@ def test_network_input_per_release(set_heads_file):
     x, ratio = biubug6.network_input(image)
     assert x.shape == (1, 3, 500, 300) and ratio == 1.0
     assert x[0, :, 0, 0].tolist() == [30 - 104, 20 - 117, 10 - 123]   # BGR minus the mean
+
+
+# ---------------------------------------------------------------- a stand-in for builds
+
+STANDIN_BOX = (30.0, 50.0, 130.0, 170.0)   # network-input pixels: x1, y1, x2, y2
+
+
+def standin_state(state: dict) -> dict:
+    """A RetinaFace state dict (published layout, no prefix) that "finds" one upright face in
+    any picture at least 170 x 130 network pixels (after the MR-FIQA release's shrinking to
+    250 px): the box STANDIN_BOX, the ArcFace template's five points scaled into it. Every head
+    weight is zero, so each prior's outputs are its head's bias; only the stride-32, size-256
+    anchors say "face", and the first of them (the cell centred at (16, 16)) carries offsets
+    that land on the box, which NMS keeps as the first of equal scores. For build tests of
+    components that need the paper's detector; tests elsewhere may import it."""
+    from synfiqa.align import ARCFACE_TEMPLATE_112
+
+    state = dict(state)
+    for name in ("ClassHead", "BboxHead", "LandmarkHead"):
+        for level in range(3):
+            for part in ("weight", "bias"):
+                state[f"{name}.{level}.conv1x1.{part}"] = torch.zeros_like(state[f"{name}.{level}.conv1x1.{part}"])
+        state[f"ClassHead.{level}.conv1x1.bias"] = torch.tensor([5.0, -5.0, 5.0, -5.0])
+    state["ClassHead.2.conv1x1.bias"] = torch.tensor([-5.0, 5.0, 5.0, -5.0])
+    # in network pixels a stride-32 anchor of the first cell is centred at 16, 256 wide:
+    # centre = 16 + o * 0.1 * 256, size = 256 * exp(o * 0.2)
+    x1, y1, x2, y2 = STANDIN_BOX
+    box = [((x1 + x2) / 2 - 16) / 25.6, ((y1 + y2) / 2 - 16) / 25.6,
+           math.log((x2 - x1) / 256) / 0.2, math.log((y2 - y1) / 256) / 0.2]
+    points = STANDIN_BOX[:2] + ARCFACE_TEMPLATE_112 / 112 * np.array([x2 - x1, y2 - y1])
+    state["BboxHead.2.conv1x1.bias"] = torch.tensor(box + [0.0] * 4, dtype=torch.float32)
+    state["LandmarkHead.2.conv1x1.bias"] = torch.tensor(list(((points - 16) / 25.6).ravel()) + [0.0] * 10,
+                                                        dtype=torch.float32)
+    return state
+
+
+def test_the_standin_finds_the_planned_face_in_any_photo(random_state, tmp_path):
+    from synfiqa.align import ARCFACE_TEMPLATE_112
+    from synfiqa_plugins.models.retinaface import RetinaFaceMRFIQA
+
+    path = tmp_path / "Retinaface_Resnet50.pth"
+    torch.save(standin_state(random_state), path)
+    detector = RetinaFaceMRFIQA(path=str(path), device="cpu")
+    for shape, ratio in (((250, 200, 3), 1.0), ((500, 700, 3), 500 / 178)):   # 700 wide -> 250 x 178 (int)
+        faces = detector.detect(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+        assert len(faces) == 1
+        np.testing.assert_allclose(faces[0].box, np.array(STANDIN_BOX) * ratio, rtol=1e-4)
+        planned = (np.array(STANDIN_BOX[:2]) + ARCFACE_TEMPLATE_112 / 112 * [100, 120]) * ratio
+        np.testing.assert_allclose(faces[0].landmarks, planned, rtol=1e-4)
