@@ -81,3 +81,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the tests of marker `ray` (Ray allows one per process): 2 CPUs
+    and 2 logical GPUs (Ray hands out GPU ids without any hardware), no dashboard, a small
+    object store, no usage report; shut down at the end of the session. Ray 2.60 resolves
+    127.0.0.1 to the machine's own address and cannot be held to the loopback interface: its
+    token authentication (on by default) is what keeps others out."""
+    import os
+
+    ray = pytest.importorskip("ray", reason='ray is not installed (pip install "synfiqa[ray]")')
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=100 * 2**20, logging_level="error")
+    yield ray
+    ray.shutdown()

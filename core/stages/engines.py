@@ -96,7 +96,7 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, gpus_per_worker: float = 1.0, *, max_restarts: int = 3,
                  max_task_retries: int = 3, threads: int | None = None, echo=print,
-                 testing_exit_after: str | None = None):
+                 testing_exit_once: tuple[str, str] | None = None):
         if gpus_per_worker <= 0:
             raise ConfigError(f"--gpus-per-worker must be above 0, got {gpus_per_worker}")
         try:
@@ -108,9 +108,10 @@ class RayEngine:
         self.max_restarts, self.max_task_retries = max_restarts, max_task_retries
         self.threads = threads
         self.echo = echo
-        # testing only: the worker that builds this identity exits (os._exit) after writing its
-        # files and before returning its record, once per worker process lineage, as a lost GPU job would
-        self.testing_exit_after = testing_exit_after
+        # testing only, (identity, marker file): the first worker to build that identity exits
+        # (os._exit) after writing its files, before returning its record, as a lost GPU job
+        # would; the marker, made on the way out, keeps a retry from exiting again
+        self.testing_exit_once = testing_exit_once
         self._started_ray = False
         self._stats: list[WorkerStats] = []
         self._retried: list[str] = []
@@ -174,7 +175,7 @@ class RayEngine:
             max_restarts=self.max_restarts, max_task_retries=self.max_task_retries,
             runtime_env={"env_vars": environment} if environment else None, **resources)
         started = time.perf_counter()
-        workers = [actor.remote(pipeline.config, str(out), threads, self.testing_exit_after) for _ in range(count)]
+        workers = [actor.remote(pipeline.config, str(out), threads, self.testing_exit_once) for _ in range(count)]
         try:
             self._stats = [WorkerStats(i) for i in range(count)]
             for stats, info in zip(self._stats, self._ready(workers)):
@@ -260,7 +261,7 @@ class IdentityWorker:
     """A Ray actor: the build's Pipeline, made once with the driver's config, then one identity
     per call through the same `Pipeline.build_identity` as the local engine."""
 
-    def __init__(self, config: dict, out: str, threads: int, testing_exit_after: str | None = None):
+    def __init__(self, config: dict, out: str, threads: int, testing_exit_once: tuple[str, str] | None = None):
         import torch
 
         torch.set_num_threads(threads)  # a build's bytes depend on it: the driver's count on every worker
@@ -274,7 +275,7 @@ class IdentityWorker:
         except SynfiqaError as error:  # told to the driver by `describe`, in one line (Ray keeps only text)
             self.failure, self.pipeline = str(error), None
         self.out = Path(out)
-        self.testing_exit_after = testing_exit_after
+        self.testing_exit_once = testing_exit_once
 
     def describe(self) -> dict:
         import ray
@@ -284,13 +285,16 @@ class IdentityWorker:
                 "timing": self.timer.as_dict()}
 
     def build(self, identity) -> dict:
-        import ray
-
         self.timer = self.pipeline.timer = StageTimer()  # this identity's stages only
         started = time.perf_counter()
         record = self.pipeline.build_identity(identity, self.out)
-        if identity.name == self.testing_exit_after and not _restarted():
-            os._exit(1)
+        if self.testing_exit_once and identity.name == self.testing_exit_once[0]:
+            try:
+                os.close(os.open(self.testing_exit_once[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
         return {"record": record, "timing": self.timer.as_dict(), "seconds": time.perf_counter() - started,
                 "pid": os.getpid(), "gpu_ids": _gpu_ids()}
 
@@ -299,17 +303,6 @@ def _gpu_ids() -> list:
     import ray
 
     return [str(gpu) for gpu in ray.get_gpu_ids()]
-
-
-def _restarted() -> bool:
-    """Whether Ray restarted this actor (Ray 2.60's own property trips its deprecation warning)."""
-    import warnings
-
-    import ray
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def _merge_timing(timer: StageTimer, timing: dict) -> None:
