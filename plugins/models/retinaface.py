@@ -23,21 +23,24 @@ exp(offset x 0.2); a landmark = prior centre + offset x 0.1 x prior size.
 Two published weights, trained on differently prepared pictures, so each is run as its own
 code runs it (two models, each with its original's thresholds as defaults):
 
-* `mr-fiqa` (model `retinaface-resnet50`, asset `retinaface-resnet50`, `Retinaface_Resnet50.pth`): what MR-FIQA
-  loads into its `FaceDetector` (ternaus/retinaface's network and inference): a photo larger
-  than `max_size` = 250 px is shrunk (cv2 INTER_AREA, sizes truncated) so its longer side is
-  250; RGB / 255, ImageNet mean and std; faces with confidence > 0.7; torchvision's NMS at
-  IoU 0.4; boxes and landmarks mapped back by the height ratio (the original's); a box that
-  lies wholly right of or below the picture is dropped. MR-FIQA keeps the best-scoring face
-  (`keep = "best"`).
-* `biubug6` (model and asset `retinaface-resnet50-biubug6`, `Resnet50_Final.pth`): biubug6's detect.py:
-  the photo at its own size, BGR minus (104, 117, 123); confidence > 0.02, the 5000 best,
-  NMS at 0.4 with the "+1 pixel" areas of py_cpu_nms, at most 750 faces.
+* model `retinaface-resnet50` (asset `retinaface-resnet50`, `Retinaface_Resnet50.pth`): what
+  MR-FIQA loads into its `FaceDetector` (ternaus/retinaface's network and inference): a photo
+  larger than `max_size` = 250 px is shrunk (cv2 INTER_AREA, sizes truncated) so its longer
+  side is 250; RGB / 255, ImageNet mean and std; faces with confidence > 0.7; NMS at IoU 0.4
+  (torchvision's areas); boxes and landmarks mapped back by the height ratio (the original's);
+  a box that lies wholly right of or below the picture is dropped. MR-FIQA keeps the
+  best-scoring face (`keep = "best"`). Its file is not biubug6's: MR-FIQA loads it strictly
+  without removing DataParallel's "module." prefix, which every key of Resnet50_Final.pth has,
+  and ternaus's released weights (the same network, no prefix) were trained on ImageNet-
+  normalised RGB, the input MR-FIQA gives it.
+* model `retinaface-resnet50-biubug6` (asset of that name, `Resnet50_Final.pth`): biubug6's
+  detect.py: the photo at its own size, BGR minus (104, 117, 123); confidence > 0.02, the
+  5000 best, NMS at 0.4 with the "+1 pixel" areas of py_cpu_nms, at most 750 faces.
 
 The landmarks come in synfiqa's order already (image-left eye, image-right eye, nose,
 image-left mouth corner, image-right mouth corner: the WIDER FACE annotation order).
 Faces narrower or shorter than `min_face_size` photo pixels are dropped, as MTCNN's and
-YuNet's are. MR-FIQA's FaceDetector then squares the box and raises its top to the forehead
+YuNet's are (before the best is chosen). MR-FIQA's FaceDetector then squares the box and raises its top to the forehead
 for its own crop; synfiqa aligns from the landmarks, so the box is passed on as detected.
 """
 from __future__ import annotations
