@@ -27,8 +27,8 @@ its size around it (black outside the photo) is rotated about that window's cent
 are level (cv2 bicubic), the box projected into it and cut out, scaled to [0, 1], fitted into
 224x224 with black bars (aspect kept), made grey (BGR -> grey weights) and resized to 48x48.
 The box and eyes are the run's detector's (`models.detector`; retinaface-resnet50 in the
-paper's configuration), where DeepFace found them with its own RetinaFace (serengil/retinaface,
-TensorFlow, threshold 0.9): the same network design, other weights.
+paper's configuration), where DeepFace found them with its own detector (serengil/retinaface:
+insightface's RetinaFace ResNet-50 ported to TensorFlow, threshold 0.9).
 """
 from __future__ import annotations
 
