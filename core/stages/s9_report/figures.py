@@ -25,6 +25,7 @@ def histograms(label_name: str, labels: list[float], domains: dict[str, list[flo
     domain; a domain the build could not compute says why instead of showing bars."""
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     panels = [(f"{label_name} (the label)", labels, None)]
     panels += [(domain, domains.get(domain, []), missing.get(domain)) for domain in DOMAINS]
@@ -40,6 +41,7 @@ def histograms(label_name: str, labels: list[float], domains: dict[str, list[flo
                 axes.set_yticks([])
                 continue
             axes.hist(values, bins=BINS, color="#0072B2", edgecolor="white", linewidth=0.5)
+            axes.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts of samples
             axes.set_xlabel(f"n={len(values)}, mean {values.mean():.3f}")
             axes.set_ylabel("samples")
             axes.grid(True, axis="y", color="0.9", linewidth=0.6)

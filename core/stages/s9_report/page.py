@@ -63,7 +63,8 @@ def _flagged(context: dict) -> list[str]:
     out = ["<section id='flagged'><h2>Flagged</h2>"]
     flagged = findings.flagged
     if flagged:
-        out.append(f"<div class='alert'><b>{len(flagged)} of {len(findings.agreements)} identities have labels that "
+        verb = "has" if len(flagged) == 1 else "have"
+        out.append(f"<div class='alert'><b>{len(flagged)} of {len(findings.agreements)} identities {verb} labels that "
                    "do not fall as the recorded severity rises</b> (Spearman &rho;(score, severity) &gt; &minus;"
                    f"max({MIN_FALL}, critical value); see <a href='#agreement'>the table</a>):<ul>")
         for identity in flagged:
@@ -116,7 +117,7 @@ def _agreement_table(context: dict) -> list[str]:
            "<p class='muted'>Recorded severity: for each degradation axis (" + escape(", ".join(axes) or "none")
            + ") the sample's rank among all samples, divided by their count, averaged over the axes (1 = the "
            "hardest degraded on every axis). &rho; &lt; 0: the score falls as severity rises, as it should.</p>",
-           "<table><tr><th>identity</th><th>samples</th><th>&rho;(score, severity)</th><th>flagged above</th>"
+           "<table><tr><th>identity</th><th>samples</th><th>&rho;(score, severity)</th><th>flagged when &rho; &gt;</th>"
            + "".join(f"<th>&rho;(score, {escape(a)})</th>" for a in axes) + "</tr>"]
     order = sorted(findings.agreements.values(), key=lambda a: (not a.flagged, -(a.rho if a.measured else -2)))
     for a in order:
