@@ -605,9 +605,21 @@ def _image_size_rule(config: dict, registry) -> dict[str, list[str]]:
                                f"{CROP_SIZE}x{CROP_SIZE} ArcFace-aligned crops); got {size!r}"]}
 
 
+def _faithful_prompts_rule(config: dict, registry) -> dict[str, list[str]]:
+    """stage2.faithful reproduces the original's prompt lists, D reference prompts then D scene
+    prompts for R + D samples: that needs R <= D."""
+    references, degraded = get_key(config, "run.references"), get_key(config, "run.degraded")
+    if get_key(config, "stage2.faithful") is not True or not all(_has_type(int, v) for v in (references, degraded)):
+        return {}
+    if references <= degraded:
+        return {}
+    return {"stage2.faithful": [f"stage2.faithful = true (the original's prompt lists) needs run.references <= "
+                                f"run.degraded; got {references} references and {degraded} degraded samples"]}
+
+
 # Rules between keys: (config, registry or None) -> {key: that key's problems}, replacing the
 # key's own verdict.
-CROSS_KEY_RULES: tuple[Callable[[dict, object], dict[str, list[str]]], ...] = (_image_size_rule,)
+CROSS_KEY_RULES: tuple[Callable[[dict, object], dict[str, list[str]]], ...] = (_image_size_rule, _faithful_prompts_rule)
 
 
 def config_warnings(config: dict) -> list[str]:
