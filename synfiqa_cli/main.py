@@ -1,5 +1,6 @@
-"""synfiqa's command line: `synfiqa build`, `plugins`, `config`, `models`, and whatever
-plugins add through the `register_commands` hook."""
+"""synfiqa's command line: `synfiqa build`, `plugins`, `config`, the stage commands of
+LAZY_COMMANDS (each in its own module, imported when it runs), and whatever plugins add
+through the `register_commands` hook."""
 from __future__ import annotations
 
 import json
@@ -36,6 +37,8 @@ LAZY_COMMANDS = {
     "export": ("synfiqa_cli.export", "Export the SynFIQA build in DATASET to --out (docs/export.md)."),
     "report": ("synfiqa_cli.report", "Write a static HTML report of the build in DATASET: one folder that opens "
                                      "from disk."),
+    "models": ("synfiqa_cli.models", "Model assets: where each was found, or that it is missing; fetch, pack and "
+                                     "unpack them."),
 }
 
 
@@ -293,26 +296,6 @@ def config_show(schema, config_path, overrides):
         click.echo(schema_text(), nl=False)
         return
     click.echo(to_toml(resolve_config(config_path, overrides)), nl=False)
-
-
-@cli.group()
-def models():
-    """Model assets: where each was found, or that it is missing."""
-
-
-@models.command("list")
-@click.option("--json", "as_json", is_flag=True)
-def models_list(as_json):
-    """Every declared model asset (registry.toml's and the plugins') and where it was found."""
-    from synfiqa.weights import asset_report
-
-    rows = asset_report()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        where = f"found ({row['origin']})" if row["found"] else "MISSING"
-        click.echo(f"{row['asset']:<22} {where:<34} {row['summary']}")
 
 
 def _load_plugin_commands():
