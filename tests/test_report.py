@@ -203,3 +203,14 @@ def test_bad_input_is_one_line(tmp_path):
     result = run(root, "--out", foreign, "--no-compare-references")
     assert result.exit_code == 2 and "not empty" in result.output
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_one_build_gives_the_same_report_bytes_wherever_it_lies(tmp_path):
+    """A build writes its report (core/stages/build.py); the build-hash test pins its bytes."""
+    pages = []
+    for parent in ("one", "two"):
+        root = write_build(tmp_path / parent / "build", following_and_rising())
+        make_report(root, embed=False)
+        pages.append({p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "report").rglob("*"))
+                      if p.is_file() and p.name != "lock"})
+    assert pages[0] == pages[1] and "report/figures/histograms.svg" in pages[0]

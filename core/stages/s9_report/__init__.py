@@ -15,6 +15,7 @@ they judged; the EDC plot of an evaluation. The rules: docs/report.md.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ def make_report(dataset: str | Path, out: str | Path | None = None, evaluation: 
     folder = StageFolder(out, marker=MARKER, what="report", owned=OWNED)
     with folder:
         # a report is always rebuilt whole; a folder holding anything else is refused
-        folder.claim({"report_of": str(dataset.resolve())}, overwrite=True)
+        # relative paths only: one build gives the same report bytes wherever it lies
+        folder.claim({"report_of": _relative(dataset, out)}, overwrite=True)
         context = gather(view, findings, out, galleries)
         if evaluation is not None:
             from synfiqa.stages.s9_report.figures import edc_figure
@@ -93,7 +95,7 @@ def gather(view: BuildView, findings: Findings, out: Path, galleries: int) -> di
         sample_cards[identity] = [{"src": _copy(view, s, out), "score": s.label,
                                    "title": sample_title(view, findings, s)} for s in samples]
     context = {
-        "name": view.root.resolve().name, "root": view.root.resolve(), "identities": len(identities),
+        "name": view.root.resolve().name, "root": _relative(view.root, out), "identities": len(identities),
         "references": sum(1 for s in view.samples if s.role == "reference"), "degraded": len(degraded),
         "label_name": view.label_name, "partial": _partial(view), "findings": findings,
         "filters": view.filter_decisions, "filter_thumbs": filter_thumbnails(view, out),
@@ -112,6 +114,10 @@ def sample_title(view: BuildView, findings: Findings, sample) -> str:
     if sample.extra.get("source"):
         lines.append(f"source {sample.extra['source']}")
     return "\n".join(lines)
+
+
+def _relative(path: Path, start: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(start).resolve()).replace(os.sep, "/")
 
 
 def _number(value) -> str:

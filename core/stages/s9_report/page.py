@@ -44,7 +44,8 @@ def render(context: dict) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>synfiqa report: "
              f"{escape(context['name'])}</title><style>{CSS}</style></head><body>"]
     parts.append(f"<h1>synfiqa report: {escape(context['name'])}</h1>")
-    parts.append(f"<p class='muted'>{escape(str(context['root']))}: {context['identities']} identities, "
+    parts.append(f"<p class='muted'>The build in <code>{escape(context['root'])}</code> (relative to this page): "
+                 f"{context['identities']} identities, "
                  f"{context['references']} references, {context['degraded']} degraded samples; label "
                  f"<code>{escape(context['label_name'])}</code>{escape(context['partial'])}.</p>")
     parts += _flagged(context)
