@@ -117,6 +117,15 @@ class WebDatasetFaces(torch.utils.data.Dataset):
         handle.seek(sample.offset)
         return handle.read(sample.size)
 
+    def image_bytes(self, index: int) -> bytes:
+        """The encoded image of sample `index`, as stored (one seek into its shard)."""
+        return self._read(self.samples[index])
+
+    def image_name(self, index: int) -> str:
+        """How errors name sample `index`: <shard file>#<key>."""
+        sample = self.samples[index]
+        return f"{self.shards[sample.shard].name}#{sample.key}"
+
     @property
     def num_classes(self) -> int:
         return 1 + max((s.identity for s in self.samples), default=-1)
@@ -133,9 +142,8 @@ class WebDatasetFaces(torch.utils.data.Dataset):
         sample = self.samples[index]
         item = {"identity": sample.identity, "label": sample.label, "index": index, "params": sample.params,
                 "error": ""}
-        name = f"{self.shards[sample.shard].name}#{sample.key}"
         try:
-            image = decode_image(self._read(sample), name)
+            image = decode_image(self.image_bytes(index), self.image_name(index))
         except (BadInputError, DataFileError, OSError) as error:
             item["image"] = torch.zeros(3, 1, 1, dtype=torch.uint8)
             item["error"] = str(error)

@@ -1,15 +1,22 @@
 """The training data: a torch Dataset over one or more datasets, each a SynFIQA build, a
-folder with one sub-folder of aligned crops per identity, or an MXNet RecordIO file.
+folder with one sub-folder of aligned crops per identity, an MXNet RecordIO file, or the
+WebDataset shards of `synfiqa export --format webdataset`.
 
 Every sample is (image, identity index, label, params):
 
 * image: an aligned 112x112 RGB crop (uint8 [3, 112, 112]), flipped when the sampler says so;
 * identity: the class index; the identities of several datasets are kept apart (a SynFIQA
   build and CASIA-WebFace train together as their union);
-* label: the sample's MR score from Quality-Scores.txt (keyed by path), NaN where there is
-  none (references, folder and RecordIO datasets);
-* params: the degradation parameters the build recorded for it (manifest.jsonl), {} when
-  none.
+* label: the sample's MR score: from Quality-Scores.txt (keyed by path) in a build, from the
+  sample's JSON in WebDataset shards, `header.label[1]` in RecordIO (the layout `synfiqa
+  export --format recordio` writes: labels [identity, MR]); NaN where there is none
+  (references, folder datasets, RecordIO records with one label);
+* params: the degradation parameters the build recorded for it (manifest.jsonl, or the
+  shard's JSON), {} when none.
+
+RecordIO files and shards are read through one reader each (`RecordFile`,
+`synfiqa.stages.export.WebDatasetFaces`), which both hand out a sample's encoded image by
+key (`image_bytes`).
 
 A sample that cannot be read is not raised inside a DataLoader worker (where it would
 come back as a multi-line traceback): it travels as an error text and the training loop
@@ -38,14 +45,14 @@ class Source:
     identity: int              # class index over all datasets
     label: float               # NaN when unlabelled
     path: Path | None = None
-    record: int | None = None  # RecordIO key
+    record: int | None = None  # the key of the sample in its reader (RecordIO key, shard sample index)
     reader: int = -1           # index into FaceDataset.readers
 
 
 @dataclass
 class DatasetInfo:
     path: str
-    kind: str                  # "synfiqa", "folder" or "recordio"
+    kind: str                  # "synfiqa", "folder", "recordio" or "webdataset"
     identities: int
     samples: int
     labelled: int
@@ -54,15 +61,19 @@ class DatasetInfo:
 def detect_kind(path: Path) -> str:
     if path.is_file() and path.suffix == ".rec":
         return "recordio"
+    if path.is_file() and path.suffix == ".tar":
+        return "webdataset"
     if path.is_dir() and (path / "train.rec").is_file():
         return "recordio"
     if path.is_dir() and (path / layout.DATA).is_dir():
         return "synfiqa"
+    if path.is_dir() and any(path.glob("*.tar")):
+        return "webdataset"
     if path.is_dir():
         return "folder"
     if not path.exists():
         raise ConfigError(f"dataset {str(path)!r} does not exist")
-    raise ConfigError(f"dataset {str(path)!r} is neither a folder nor a RecordIO .rec file")
+    raise ConfigError(f"dataset {str(path)!r} is neither a folder, a RecordIO .rec file nor a WebDataset .tar shard")
 
 
 class FaceDataset(torch.utils.data.Dataset):
@@ -88,6 +99,11 @@ class FaceDataset(torch.utils.data.Dataset):
                 self._add_synfiqa(path, manifest_params)
             elif kind == "folder":
                 self._add_folder(path)
+            elif kind == "webdataset":
+                from synfiqa.stages.export.wds import WebDatasetFaces
+
+                self.readers.append(WebDatasetFaces(path))
+                self._add_webdataset(path, len(self.readers) - 1)
             else:
                 rec = path if path.is_file() else path / "train.rec"
                 self.readers.append(RecordFile(rec))
@@ -97,8 +113,8 @@ class FaceDataset(torch.utils.data.Dataset):
             if not added:
                 raise BadInputError("empty-dataset", f"dataset {path} holds no images")
             if require_labels and labelled == 0:
-                raise ConfigError(f"--target mr needs MR labels, and dataset {path} ({kind}) has none "
-                                  f"(a SynFIQA build's Quality-Scores.txt); train it with --target cr")
+                raise ConfigError(f"--target mr needs MR labels, and dataset {path} ({kind}) has none (a SynFIQA "
+                                  f"build's Quality-Scores.txt, or its export); train it with --target cr")
             self.infos.append(DatasetInfo(str(path), kind, len(self.identity_names) - first_class, len(added),
                                           labelled))
         if len(self.identity_names) < 2:
@@ -164,23 +180,36 @@ class FaceDataset(torch.utils.data.Dataset):
 
     def _add_recordio(self, rec: Path, reader_index: int) -> None:
         reader = self.readers[reader_index]
-        labels: dict[int, int] = {}
+        found = []
         for key in reader.image_keys():
-            value = reader.header(key).first_label
+            header = reader.header(key)
+            value = header.first_label
             if not math.isfinite(value) or value < 0 or value != int(value):
                 raise DataFileError(f"{rec} (record {key}): identity label {value} is not a non-negative integer")
-            identity = int(value)
-            if identity not in labels:
-                labels[identity] = -1
-            self.sources.append(Source(f"{rec.name}#{key}", identity, math.nan, record=key, reader=reader_index))
-        # identities in label order, numbered after those of the datasets before
-        for identity in sorted(labels):
-            labels[identity] = self._new_class(f"{rec.name}/{identity}")
-        start = len(self.sources) - sum(1 for s in self.sources if s.reader == reader_index)
-        for i in range(start, len(self.sources)):
-            source = self.sources[i]
-            self.sources[i] = Source(source.name, labels[source.identity], source.label, record=source.record,
-                                     reader=reader_index)
+            # labels [identity, MR] (synfiqa export): the second is the quality label, NaN for references
+            quality = float(header.label[1]) if isinstance(header.label, np.ndarray) and len(header.label) > 1 \
+                else math.nan
+            found.append((f"{rec.name}#{key}", int(value), quality, key))
+        self._add_indexed(rec.name, reader_index, found)
+
+    def _add_webdataset(self, path: Path, reader_index: int) -> None:
+        reader = self.readers[reader_index]
+        start = len(self.sources)
+        self._add_indexed(path.name, reader_index,
+                          [(reader.image_name(i), sample.identity, sample.label, i)
+                           for i, sample in enumerate(reader.samples)])
+        for offset, sample in enumerate(reader.samples):
+            if sample.params:
+                self.params[start + offset] = dict(sample.params)
+
+    def _add_indexed(self, name: str, reader_index: int, found: list[tuple[str, int, float, int]]) -> None:
+        """Samples of a reader, each (name, identity label, quality, key): the identity labels
+        become classes in label order, numbered after those of the datasets before."""
+        classes = {identity: -1 for identity in sorted({identity for _, identity, _, _ in found})}
+        for identity in classes:
+            classes[identity] = self._new_class(f"{name}/{identity}")
+        for sample_name, identity, quality, key in found:
+            self.sources.append(Source(sample_name, classes[identity], quality, record=key, reader=reader_index))
 
     # ---------------------------------------------------------------- access
 
@@ -201,8 +230,11 @@ class FaceDataset(torch.utils.data.Dataset):
         if source.path is not None:
             image = read_rgb(source.path)
         else:
-            record = self.readers[source.reader].read(source.record)
-            image = decode_image(record.payload, source.name)
+            try:
+                encoded = self.readers[source.reader].image_bytes(source.record)
+            except OSError as error:
+                raise DataFileError(f"{source.name}: cannot be read ({error})") from None
+            image = decode_image(encoded, source.name)
         if image.shape[:2] != (SIDE, SIDE):
             raise BadInputError("wrong-size", f"{source.name}: {image.shape[1]}x{image.shape[0]} pixels; training "
                                 f"takes aligned {SIDE}x{SIDE} crops (align photos with `synfiqa build` first)")

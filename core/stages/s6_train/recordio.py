@@ -140,6 +140,10 @@ class RecordFile:
     def read(self, key: int) -> Record:
         return unpack(self.read_raw(key), f"{self.rec} (record {key})")
 
+    def image_bytes(self, key: int) -> bytes:
+        """The encoded image of the record at `key`."""
+        return self.read(key).payload
+
     def header(self, key: int) -> Record:
         """The record's header and labels (its payload left empty), reading only those bytes:
         scanning the labels of a large .rec does not read its images."""
