@@ -14,7 +14,7 @@ from scipy.stats import rankdata, spearmanr
 
 from report_builds import following_and_rising, write_build
 from synfiqa.errors import DataFileError
-from synfiqa.stages.s9_report import make_report
+from synfiqa.stages.s9_report import make_report, report_after_build
 from synfiqa.stages.s9_report.checks import (average_ranks, critical_rho, leave_one_out_similarity,
                                              recorded_severity, reference_problems, severity_agreement,
                                              severity_axes, spearman)
@@ -214,3 +214,16 @@ def test_one_build_gives_the_same_report_bytes_wherever_it_lies(tmp_path):
         pages.append({p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "report").rglob("*"))
                       if p.is_file() and p.name != "lock"})
     assert pages[0] == pages[1] and "report/figures/histograms.svg" in pages[0]
+
+
+def test_after_a_build_the_report_is_written_and_summarised(tmp_path):
+    root = write_build(tmp_path / "build", following_and_rising())
+    lines = []
+    result = report_after_build(root, lines.append)
+    assert result.index.is_file() and lines[0] == f"report: {root / 'report' / 'index.html'}"
+    assert lines[1].startswith("  1 identity flagged")
+    (root / "report" / "notes.txt").write_text("not the report's")      # ... and a folder it cannot take
+    (root / "report" / ".synfiqa" / "report.json").unlink()
+    lines.clear()
+    assert report_after_build(root, lines.append) is None
+    assert lines[0].startswith("report: not written (") and lines[0].endswith(f"synfiqa report {root}")

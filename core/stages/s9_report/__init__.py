@@ -90,7 +90,7 @@ def gather(view: BuildView, findings: Findings, out: Path, galleries: int) -> di
             title += finding.problems
             reference_cards[identity].append({"src": src, "title": "\n".join(title), "problems": finding.problems,
                                               "caption": Path(sample.path).name + (" (!)" if finding.problems else "")})
-        samples = sorted((s for s in degraded if s.identity == identity),
+        samples = sorted(view.of(identity, "degraded"),
                          key=lambda s: (-(s.label if s.label is not None else -math.inf), s.index))
         sample_cards[identity] = [{"src": _copy(view, s, out), "score": s.label,
                                    "title": sample_title(view, findings, s)} for s in samples]
@@ -175,6 +175,22 @@ def summary_lines(result: ReportResult) -> list[str]:
     return lines
 
 
+def report_after_build(out: str | Path, echo) -> ReportResult | None:
+    """The end of `synfiqa build`: the report into OUT/report, its path and the flagged count
+    echoed. The dataset is complete by then, so a report that cannot be written is a line
+    saying why, not a failed build."""
+    from synfiqa.errors import SynfiqaError
+
+    try:
+        result = make_report(out)
+    except (SynfiqaError, OSError, ImportError) as error:
+        echo(f"report: not written ({error}); write it with: synfiqa report {out}")
+        return None
+    for line in summary_lines(result):
+        echo(line)
+    return result
+
+
 def _count(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
@@ -188,4 +204,4 @@ def json_summary(result: ReportResult) -> dict:
                           for i, a in sorted(findings.agreements.items())}}
 
 
-__all__ = ["ReportResult", "make_report", "summary_lines", "json_summary"]
+__all__ = ["ReportResult", "make_report", "report_after_build", "summary_lines", "json_summary"]

@@ -49,7 +49,7 @@ def analyse(view: BuildView, embed: bool = True) -> Findings:
     severity = {s.key: float(v) for s, v in zip(degraded, values)}
     agreements = {}
     for identity in view.identities:
-        samples = [s for s in degraded if s.identity == identity]
+        samples = view.of(identity, "degraded")
         if not samples:
             continue
         agreements[identity] = severity_agreement(
@@ -69,7 +69,7 @@ def analyse(view: BuildView, embed: bool = True) -> Findings:
             finding.problems = reference_problems(finding.source_size, finding.similarity,
                                                   findings.same_identity_threshold)
         notes = []
-        for source in sorted({s.extra.get("source") for s in degraded if s.identity == identity} - {None}):
+        for source in sorted({s.extra.get("source") for s in view.of(identity, "degraded")} - {None}):
             problems = reference_problems(_size(view, identity, source), math.nan, None)
             notes += [f"samples made from {source}: {p}" for p in problems]
         if notes:

@@ -40,16 +40,16 @@ def severity_axes(axes: list[str]) -> list[str]:
 def average_ranks(values) -> np.ndarray:
     """1-based ranks, ascending; tied values share their mean rank (as sd's ranks, method.md 5.2)."""
     values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return np.zeros(0)
     order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values), dtype=np.float64)
     sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
+    starts = np.r_[True, sorted_values[1:] != sorted_values[:-1]]   # first element of each run of ties
+    group = np.cumsum(starts) - 1                                    # run number of each sorted element
+    bounds = np.r_[np.flatnonzero(starts), len(values)]              # run i spans sorted positions [b_i, b_i+1)
+    mean_rank = (bounds[:-1] + 1 + bounds[1:]) / 2                   # mean of the 1-based ranks b_i+1 .. b_i+1
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = mean_rank[group]
     return ranks
 
 

@@ -25,12 +25,23 @@ class BuildView:
     label_name: str                          # the quality score's name (summary "quality_score", mr)
     sources: dict[str, dict[str, Path]] = field(default_factory=dict)   # identity -> source key -> photo
 
+    _by_identity: dict | None = field(default=None, repr=False)
+
     @property
     def identities(self) -> list[str]:
-        return sorted({sample.identity for sample in self.samples})
+        return sorted(self._grouped())
 
     def of(self, identity: str, role: str) -> list[Sample]:
-        return [s for s in self.samples if s.identity == identity and s.role == role]
+        """An identity's references or degraded samples, in index order."""
+        return self._grouped().get(identity, {}).get(role, [])
+
+    def _grouped(self) -> dict[str, dict[str, list[Sample]]]:
+        # grouped once: a report of a million samples must not scan them once per identity
+        if self._by_identity is None:
+            self._by_identity = {}
+            for sample in self.samples:
+                self._by_identity.setdefault(sample.identity, {}).setdefault(sample.role, []).append(sample)
+        return self._by_identity
 
 
 def read_view(root: str | Path) -> BuildView:
