@@ -195,7 +195,8 @@ class Pipeline:
         quality = {}
         if annotated.label is not None:
             for row in degraded:
-                quality[quality_key(row["identity"], Path(row["path"]).name)] = row["scores"][annotated.label]
+                # the file name: the path is always "data/<identity>/<name>" (layout.relative_path)
+                quality[quality_key(row["identity"], row["path"].rsplit("/", 1)[-1])] = row["scores"][annotated.label]
         quality, label_order = labels_as_written(self.config, quality)
         skipped = Counter(row["reason"] for row in rows if row["status"] == "skipped" and row["role"] == "source")
         images_skipped = Counter(f"{row['role']}: {row['reason']}" for row in rows
