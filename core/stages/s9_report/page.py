@@ -199,8 +199,9 @@ def _evaluation(context: dict) -> list[str]:
 
 
 def _significant(value) -> str:
-    """A measured filter value with 3 significant digits: a neutral probability of 0.0001 stays visible."""
-    return "n/a" if not isinstance(value, (int, float)) or not math.isfinite(value) else f"{value:.3g}"
+    """A measured filter value with 3 significant digits: a neutral probability of 0.0001 stays visible;
+    a dash where the filter did not measure (it ran after the one that removed the identity)."""
+    return "&mdash;" if not isinstance(value, (int, float)) or not math.isfinite(value) else f"{value:.3g}"
 
 
 def _anchor(identity: str) -> str:
