@@ -5,7 +5,8 @@ summary.json, exactly as `_build_identities` does. Prints wall time and peak mem
 issue 15: under 60 s and under 2 GB). Run:
 
     python -m pytest tests/benchmarks/test_bench_finalize.py -s     (SYNFIQA_BENCH_IDENTITIES to resize)
-    python tests/benchmarks/test_bench_finalize.py
+    python tests/benchmarks/test_bench_finalize.py [IDENTITIES] [whole]   (whole: the baseline,
+        the manifest text built whole as before; run it and the default one after the other)
 
 By default, as a plain test, it runs at 1,000 identities; the numbers of docs/benchmarks.md
 are from 10,000. The MR of a few samples is checked against a computation by hand, and the
@@ -95,13 +96,29 @@ def run_dataset_wide(records: list[dict], out: Path) -> dict:
     return summary
 
 
-def measure(identities: int, out: Path) -> dict:
+def run_dataset_wide_whole_manifest(records: list[dict], out: Path) -> dict:
+    """The baseline: the same step with the manifest text built whole before it is written, as
+    the build did before `write_dataset_files` streamed it."""
+    from synfiqa import layout
+    from synfiqa.stages.build import Pipeline
+    from synfiqa.store import write_group
+
+    rows, quality, summary = Pipeline.finalize(dataset_wide_pipeline(), records)
+    write_group({
+        out / layout.MANIFEST: "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode(),
+        out / layout.QUALITY_SCORES: layout.format_quality_scores(quality).encode(),
+        out / layout.SUMMARY: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
+    }, out)
+    return summary
+
+
+def measure(identities: int, out: Path, step=None) -> dict:
     records = synthetic_records(identities)
     gc.collect()
     before = rss()
     with PeakRSS() as peak:
         started, cpu = time.perf_counter(), time.process_time()
-        summary = run_dataset_wide(records, out)
+        summary = (step or run_dataset_wide)(records, out)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     return {"identities": identities, "rows": identities * (REFERENCES + DEGRADED), "seconds": seconds,
             "cpu_seconds": cpu_seconds, "rss_before_gb": before / 2**30, "peak_rss_gb": peak.peak / 2**30,
@@ -151,8 +168,10 @@ if __name__ == "__main__":
     import tempfile
 
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    # "whole": the baseline, in its own process (a process's peak memory is not given back for a second run)
+    step = run_dataset_wide_whole_manifest if sys.argv[2:] == ["whole"] else run_dataset_wide
     with tempfile.TemporaryDirectory() as folder:
-        result = measure(count, Path(folder))
+        result = measure(count, Path(folder), step)
         check(result, Path(folder))
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
                       if k not in ("records", "summary")}))
