@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from synfiqa_cli.main import config_options, resolve_config
+from synfiqa_cli.output import Output, json_option
 
 
 @click.command()
@@ -17,8 +18,9 @@ from synfiqa_cli.main import config_options, resolve_config
               help="A severity axis to rank in sd (repeatable). Default: the axes the build declared, or every "
                    "column of --intensities but path and pose.abs_yaw.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
+@json_option
 @config_options
-def annotate(dataset, intensities, axes, progress, config_path, overrides):
+def annotate(dataset, intensities, axes, progress, as_json, config_path, overrides):
     """Score every degraded sample of DATASET: writes Quality-Scores.txt (keyed by image
     path), annotations.jsonl and annotation-summary.json.
 
@@ -28,13 +30,15 @@ def annotate(dataset, intensities, axes, progress, config_path, overrides):
     unless the models or annotators changed."""
     from synfiqa.stages.s5_annotate import annotate_dataset
 
+    output = Output(as_json)
     ours = (Path(dataset) / ".synfiqa" / "build.json").is_file()  # another tool's config.toml is not ours to read
     if config_path is None and ours and (Path(dataset) / "config.toml").is_file():
         config_path = Path(dataset) / "config.toml"
-        click.echo(f"annotate: models and annotators from {config_path}")
+        output.echo(f"annotate: models and annotators from {config_path}")
     config = resolve_config(config_path, overrides)
-    annotate_dataset(config, dataset, intensities=intensities, axes=list(axes) or None,
-                     echo=click.echo, progress=progress)
+    summary = annotate_dataset(config, dataset, intensities=intensities, axes=list(axes) or None,
+                               echo=output.echo, progress=progress)
+    output.result({"dataset": str(dataset), **summary})
 
 
 COMMANDS = [annotate]

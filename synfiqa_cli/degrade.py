@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from synfiqa_cli.main import config_options, resolve_config
+from synfiqa_cli.output import Output, json_option
 
 
 @click.command()
@@ -17,8 +18,9 @@ from synfiqa_cli.main import config_options, resolve_config
 @click.option("--detector", default="mtcnn", show_default=True, help="Face detector for photos.")
 @click.option("--seed", type=int, help="Run seed (run.seed).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
+@json_option
 @config_options
-def degrade(paths, out, count, aligned, detector, seed, progress, config_path, overrides):
+def degrade(paths, out, count, aligned, detector, seed, progress, as_json, config_path, overrides):
     """Apply degrade.chain to PATHS (image files, or folders searched recursively): N copies
     of each, written losslessly as OUT/<name>/<k>.png with every drawn parameter in
     OUT/degraded.jsonl. Copy k of an image is seeded by (run seed, its name, k): a folder's
@@ -39,7 +41,9 @@ def degrade(paths, out, count, aligned, detector, seed, progress, config_path, o
         raise ConfigError(f"no images found in {', '.join(paths)}")
     registry = get_registry()
     crop_maker = CropMaker(aligned, None if aligned else registry.create("detector", detector))
-    degrade_folder(items, config, registry, crop_maker, count, out, progress=progress, echo=click.echo)
+    output = Output(as_json)
+    result = degrade_folder(items, config, registry, crop_maker, count, out, progress=progress, echo=output.echo)
+    output.result({"out": str(out), "manifest": str(Path(out) / "degraded.jsonl"), **result})
 
 
 COMMANDS = [degrade]

@@ -5,12 +5,12 @@ never written to or deleted from."""
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import click
 
 from synfiqa_cli.main import resolve_config
+from synfiqa_cli.output import Output
 
 # What `synfiqa filter` runs when neither --filters nor filter.chain names any: the paper's
 # stage-1 chain.
@@ -22,7 +22,9 @@ PAPER_CHAIN = ("yaw", "glasses", "expression", "uniqueness")
 @click.option("--filters", "filter_names", help="Comma-separated chain (default: filter.chain, else the paper's).")
 @click.option("--grouping", type=click.Choice(["auto", "subfolder", "subfolder-recursive", "stem-suffix", "file"]), default=None,
               help="How images form identities (default: the folder generator's setting).")
-@click.option("--json", "as_json", is_flag=True, help="Every image with kept/removed, the filter and its value.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Every image with kept/removed, the filter and its value, as JSON on stdout; the table goes to "
+                   "stderr.")
 @click.option("--kept-list", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the kept images here, one path per line relative to DIRECTORY; '-' prints them on "
                    "stdout (the table then goes to stderr). Default: no list is written.")
@@ -62,16 +64,13 @@ def filter_command(directory, filter_names, grouping, as_json, kept_list, config
     elif kept_list:
         write_text_atomic(kept_list, listing)
     where = {None: "not written (--kept-list FILE)", "-": "stdout"}.get(kept_list, kept_list)
-    echo = functools.partial(click.echo, err=kept_list == "-")  # stdout holds the list then
+    output = Output(as_json)
+    echo = functools.partial(output.echo, err=kept_list == "-")  # stdout holds the list (or the JSON) then
 
     counts = summary_counts(names, verdicts)
-    if as_json:
-        images = [{"image": path, "identity": v.identity, "kept": v.kept, "removed_by": v.removed_by,
-                   "reason": v.reason, "values": v.values, "judged_photo": v.source}
-                  for v in verdicts for path in paths[v.identity]]
-        click.echo(json.dumps({"filters": names, "removed": counts, "kept": sum(v.kept for v in verdicts),
-                               "identities": len(verdicts), "kept_list": kept_list, "images": images}, indent=2))
-        return
+    images = [{"image": path, "identity": v.identity, "kept": v.kept, "removed_by": v.removed_by,
+               "reason": v.reason, "values": v.values, "judged_photo": v.source}
+              for v in verdicts for path in paths[v.identity]]
     width = max([len(n) for n in names] + [6])
     echo(f"{'filter':<{width}}  judged  kept  removed")
     alive = len(verdicts)
@@ -85,6 +84,8 @@ def filter_command(directory, filter_names, grouping, as_json, kept_list, config
     echo(f"kept {alive} of {len(verdicts)} identities ({len(kept_paths)} images); kept list: {where}")
     if generator.skipped_files:
         echo(f"  {len(generator.skipped_files)} non-image files ignored")
+    output.result({"filters": names, "removed": counts, "kept": sum(v.kept for v in verdicts),
+                   "identities": len(verdicts), "kept_list": kept_list, "images": images})
 
 
 COMMANDS = [filter_command]

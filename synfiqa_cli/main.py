@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from synfiqa.errors import SynfiqaError
+from synfiqa_cli.output import Output, json_option
 
 
 # The commands whose module is imported only when that command runs (or its own --help is
@@ -175,9 +176,10 @@ def resolve_config(config_path, overrides, values: dict | None = None):
 @click.option("--ray-address", metavar="auto|HOST:PORT",
               help="The Ray cluster to join (auto: the one `ray start` runs here); default: start one on this machine.")
 @click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (default 1; 0.5 puts two on a GPU).")
+@json_option
 @config_options
 def build(out, input_dir, seed, device, overwrite, shard, progress, engine, ray_address, gpus_per_worker,
-          config_path, overrides):
+          as_json, config_path, overrides):
     """Build a SynFIQA dataset: references, degraded samples and quality scores."""
     from synfiqa.errors import ConfigError
     from synfiqa.stages.build import build as run_build
@@ -198,10 +200,11 @@ def build(out, input_dir, seed, device, overwrite, shard, progress, engine, ray_
         "run.seed": seed,
         "run.device": device,
     })
-    runner = make_engine(engine, address=ray_address, gpus_per_worker=gpus_per_worker, echo=click.echo)
+    output = Output(as_json)
+    runner = make_engine(engine, address=ray_address, gpus_per_worker=gpus_per_worker, echo=output.echo)
     try:
-        run_build(config, out, overwrite=overwrite, shard=shard_pair, progress=progress, echo=click.echo,
-                  engine=runner)
+        summary = run_build(config, out, overwrite=overwrite, shard=shard_pair, progress=progress, echo=output.echo,
+                            engine=runner)
     except SynfiqaError:
         raise
     except BaseException as error:
@@ -218,6 +221,7 @@ def build(out, input_dir, seed, device, overwrite, shard, progress, engine, ray_
             resume = "Nothing was written; fix the cause and run the same command again."
         click.echo(f"build stopped: {error!r}\n{resume}", err=True)
         raise SystemExit(1)
+    output.result({"out": str(out), **summary})
 
 
 @cli.group()

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from synfiqa_cli.main import config_options, resolve_config
+from synfiqa_cli.output import Output, json_option
 
 REFERENCE_SCORER = "mr"
 
@@ -28,8 +29,10 @@ REFERENCE_SCORER = "mr"
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when available), cpu, cuda or cuda:N: the device of every model used.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
+@json_option
 @config_options
-def score(paths, model, references, aligned, out, detector, batch_size, device, progress, config_path, overrides):
+def score(paths, model, references, aligned, out, detector, batch_size, device, progress, as_json, config_path,
+          overrides):
     """Score the face image quality of PATHS (image files, or folders searched recursively).
 
     Photos are detected and aligned to the ArcFace 112x112 template first. An image without
@@ -58,7 +61,7 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
     registry = get_registry()
     if model == REFERENCE_SCORER:
         return score_against_references(items, references, aligned, out, detector, device, progress,
-                                        config_path, overrides, registry)
+                                        config_path, overrides, registry, as_json)
     if references is not None:
         raise ConfigError("--references is for --model mr: a FIQA network needs no references")
     scorer, label = resolve_model("fiqa", model, device, registry)
@@ -68,7 +71,7 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
     from synfiqa.protocols import model_variant
 
     variant = model_variant(scorer)
-    emit(out, outcomes, scores_json(outcomes, label, variant))
+    emit(out, outcomes, scores_json(outcomes, label, variant), as_json)
     line = f"scored {scored_summary(outcomes)} images with {label}" + (f" ({variant})" if variant else "")
     line += without_score(outcomes)
     if out is not None:
@@ -77,7 +80,7 @@ def score(paths, model, references, aligned, out, detector, batch_size, device, 
 
 
 def score_against_references(items, references, aligned, out, detector, device, progress, config_path, overrides,
-                             registry) -> None:
+                             registry, as_json: bool = False) -> None:
     from synfiqa.context import create_on_device
     from synfiqa.faces import CropMaker
     from synfiqa.progress import progress as progress_bar
@@ -95,7 +98,7 @@ def score_against_references(items, references, aligned, out, detector, device, 
         row["scores"] = result.domains.get(row["image"], {})
     document["missing_domains"] = result.missing
     document["notes"] = result.notes
-    emit(out, result.outcomes, document)
+    emit(out, result.outcomes, document, as_json)
     click.echo(f"scored {scored_summary(result.outcomes)} images of {result.identities} identities with "
                f"{result.label or REFERENCE_SCORER} against their references" + without_score(result.outcomes),
                err=True)
@@ -107,10 +110,13 @@ def score_against_references(items, references, aligned, out, detector, device, 
         click.echo(f"wrote {out}", err=True)
 
 
-def emit(out: str | None, outcomes, document: dict) -> None:
-    """CSV on stdout without --out; else the CSV or the JSON document --out names."""
+def emit(out: str | None, outcomes, document: dict, as_json: bool = False) -> None:
+    """The CSV or the JSON document --out names, if any; on stdout the JSON document with --json,
+    else the CSV when there is no --out."""
+    Output(as_json).result(document)
     if out is None:
-        click.echo(scores_csv(outcomes), nl=False)
+        if not as_json:
+            click.echo(scores_csv(outcomes), nl=False)
     elif Path(out).suffix.lower() == ".csv":
         _write(out, scores_csv(outcomes))
     else:
