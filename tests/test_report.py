@@ -208,8 +208,8 @@ def test_bad_input_is_one_line(tmp_path):
 def test_one_build_gives_the_same_report_bytes_wherever_it_lies(tmp_path):
     """A build writes its report (core/stages/build.py); the build-hash test pins its bytes."""
     pages = []
-    for parent in ("one", "two"):
-        root = write_build(tmp_path / parent / "build", following_and_rising())
+    for folder in ("one/build", "two/another-name"):
+        root = write_build(tmp_path / folder, following_and_rising())
         make_report(root, embed=False)
         pages.append({p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "report").rglob("*"))
                       if p.is_file() and p.name != "lock"})

@@ -66,6 +66,7 @@ def test_rendered_page_shows_the_flagged_identity_first_and_the_filter_decisions
     body = next(attrs for tag, attrs in tags if tag == "body")
     # the page's script ran in the browser, and every image it names was loaded from disk
     assert int(body["data-images-shown"]) == 2 + 40 + 4 + 1   # references, samples, filter photos, histograms and body["data-images-broken"] == "0"
+    assert "<title>synfiqa report: demo</title>" in dom     # named by the script, from the page's location
     sections = [attrs["id"] for tag, attrs in tags if tag == "section"]
     assert sections[0] == "flagged"
     flagged = [attrs["data-identity"] for tag, attrs in tags if attrs.get("class") == "flagged-identity"]

@@ -95,7 +95,7 @@ def gather(view: BuildView, findings: Findings, out: Path, galleries: int) -> di
         sample_cards[identity] = [{"src": _copy(view, s, out), "score": s.label,
                                    "title": sample_title(view, findings, s)} for s in samples]
     context = {
-        "name": view.root.resolve().name, "root": _relative(view.root, out), "identities": len(identities),
+        "root": _relative(view.root, out), "identities": len(identities),
         "references": sum(1 for s in view.samples if s.role == "reference"), "degraded": len(degraded),
         "label_name": view.label_name, "partial": _partial(view), "findings": findings,
         "filters": view.filter_decisions, "filter_thumbs": filter_thumbnails(view, out),

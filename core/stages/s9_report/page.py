@@ -23,11 +23,14 @@ tr.bad td{background:#fdf0ee} .strip{display:flex;flex-wrap:wrap;gap:2px;align-i
 padding:6px;display:none;max-width:260px;font-size:12px;box-shadow:0 2px 8px #0003} #viewer img{width:224px;height:224px}
 """
 # a click on a sample shows it at twice the size with its recorded values (the title, also the hover text)
-SCRIPT = """
+SCRIPT = r"""
 document.querySelectorAll('img.sample,img.reference').forEach(function(img){
   img.addEventListener('click',function(){var v=document.getElementById('viewer');
     v.querySelector('img').src=img.src;v.querySelector('pre').textContent=img.title;v.style.display='block';});});
 document.getElementById('viewer').addEventListener('click',function(){this.style.display='none';});
+(function(){var root=document.body.getAttribute('data-root').replace(/\/?$/,'/');
+  var name=decodeURIComponent(new URL(root,location.href).pathname.split('/').filter(Boolean).pop()||'');
+  if(name){document.title+=': '+name;document.getElementById('build-name').textContent=': '+name;}})();
 window.addEventListener('load',function(){var broken=0,shown=0;   // what a browser test reads back
   Array.prototype.forEach.call(document.images,function(i){if(!i.getAttribute('src'))return;
     if(i.complete&&i.naturalWidth>0)shown++;else broken++;});
@@ -41,9 +44,11 @@ def fmt(value, digits: int = 3) -> str:
 
 def render(context: dict) -> str:
     """The page of a report; `context` is what make_report gathered (see __init__.py)."""
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>synfiqa report: "
-             f"{escape(context['name'])}</title><style>{CSS}</style></head><body>"]
-    parts.append(f"<h1>synfiqa report: {escape(context['name'])}</h1>")
+    # the page holds no name or absolute path of the build (its bytes do not depend on where the
+    # build lies); the script names the build from the page's own location
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>synfiqa report</title>"
+             f"<style>{CSS}</style></head><body data-root='{escape(context['root'])}'>"]
+    parts.append("<h1>synfiqa report<span id='build-name'></span></h1>")
     parts.append(f"<p class='muted'>The build in <code>{escape(context['root'])}</code> (relative to this page): "
                  f"{context['identities']} identities, "
                  f"{context['references']} references, {context['degraded']} degraded samples; label "
