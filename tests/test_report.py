@@ -19,6 +19,8 @@ from synfiqa.stages.s9_report.checks import (average_ranks, critical_rho, leave_
                                              recorded_severity, reference_problems, severity_agreement,
                                              severity_axes, spearman)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # the reference check runs MTCNN and SFace
+
 
 def run(*args):
     from synfiqa_cli.main import cli
