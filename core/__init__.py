@@ -8,7 +8,7 @@ from synfiqa.hookspecs import hookimpl
 __version__ = "0.1.0"
 
 # the Python API (core/api.py), loaded on first use so that `import synfiqa` stays light
-_API_NAMES = ("list_models", "create_scorer", "build", "evaluate", "report", "Scorer")
+_API_NAMES = ("list_models", "create_scorer", "build", "evaluate", "report", "Scorer", "ReferenceScorer")
 
 __all__ = ["hookimpl", "__version__", *_API_NAMES]
 

@@ -155,11 +155,55 @@ class Scorer:
         return self._detector
 
 
-def create_scorer(model: str | Path, device: str = "auto", *, detector: str = "mtcnn", batch_size: int = 64) -> Scorer:
+class ReferenceScorer:
+    """The MR-FIQA label as a scorer with references (`synfiqa score --model mr`): fr against
+    the references of each image's identity (the folder it lies in), sd over the measured
+    |yaw|, vl when BLIP's weights are there, min-max normalised over the images of one call,
+    so scores of one call compare, scores of two calls do not. ``score_range`` is (0, 1)."""
+
+    higher_is_better = True
+    score_range = (0.0, 1.0)
+    name = "mr"
+    variant = "reference-based MR-FIQA"
+
+    def __init__(self, references: str | Path | None, config: dict, detector: str):
+        self.references, self.config, self.detector_name = references, config, detector
+        self.device = config["run"]["device"]
+
+    def __repr__(self) -> str:
+        return f"ReferenceScorer(references={str(self.references) if self.references else 'Ref-<k> beside'!r})"
+
+    def score_outcomes(self, inputs, aligned: bool = False, progress: bool = False) -> list:
+        """As Scorer.score_outcomes; images without references get no value ("no-reference")."""
+        from synfiqa.context import create_on_device
+        from synfiqa.errors import ConfigError
+        from synfiqa.registry import get_registry
+        from synfiqa.stages.s7_score import score_with_references
+
+        items = _items(inputs)
+        if any(isinstance(item, _ArrayItem) for item in items):
+            raise ConfigError("the mr scorer takes image files: an image's identity is the folder it lies in")
+        registry = get_registry()
+        detector = None if aligned else create_on_device(registry, "detector", self.detector_name, self.device)
+        return score_with_references(items, self.references, self.config, registry,
+                                     _crop_maker(aligned, detector)).outcomes
+
+    def score(self, inputs, aligned: bool = False, progress: bool = False) -> np.ndarray:
+        return np.array([math.nan if o.value is None else float(o.value)
+                         for o in self.score_outcomes(inputs, aligned, progress)], dtype=np.float64)
+
+
+def create_scorer(model: str | Path, device: str = "auto", *, detector: str = "mtcnn", batch_size: int = 64,
+                  references: str | Path | None = None, config: str | Path | None = None,
+                  overrides: Sequence[str] = ()) -> Scorer | ReferenceScorer:
     """A FIQA model by name (`list_models("fiqa")`) or a CR-FIQA checkpoint file, on `device`
     ("auto": CUDA when available; "cpu", "cuda", "cuda:N"), as `synfiqa score --model` loads
-    it. Missing weights are a one-line error naming where they were looked for."""
-    from synfiqa.batch_inference import resolve_model
+    it. Missing weights are a one-line error naming where they were looked for.
+
+    ``"mr"``: the MR-FIQA label against references (`synfiqa score --model mr [--references
+    DIR]`); `references` is a folder with one sub-folder of references per identity (default:
+    the Ref-<k> images beside each scored image); `config`/`overrides` set its models and
+    annotators as --config/--set do."""
     from synfiqa.config import device_problem
     from synfiqa.errors import ConfigError
     from synfiqa.models import resolve_device
@@ -168,6 +212,16 @@ def create_scorer(model: str | Path, device: str = "auto", *, detector: str = "m
     problem = device_problem(device)
     if problem:
         raise ConfigError(f"device {problem}")
+    if str(model) == "mr":
+        from synfiqa.config import load_config
+
+        resolved = load_config(config, list(overrides), registry=get_registry(),
+                               values={"run.device": None if device == "auto" else device})
+        return ReferenceScorer(references, resolved, detector)
+    if references is not None or config is not None or overrides:
+        raise ConfigError("references, config and overrides are for create_scorer('mr'): a FIQA network needs none")
+    from synfiqa.batch_inference import resolve_model
+
     scorer, label = resolve_model("fiqa", str(model), device, get_registry())
     return Scorer(scorer, label, str(resolve_device(device)), detector, batch_size)
 

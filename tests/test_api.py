@@ -97,6 +97,26 @@ def test_arrays_and_tensors_score_as_their_files(checkpoint, faces_dir):
         scorer.score(np.zeros((4, 5)).reshape(2, 2, 5))
 
 
+def test_mr_scorer_gives_the_numbers_of_score_model_mr(faces_dir, tmp_path):
+    """Two identities in the SynFIQA layout: a reference and a sample each, from their two photos."""
+    layout = {"ardern": ("ardern_1.jpg", "ardern_2.jpg"), "macron": ("macron_2.jpg", "macron_1.jpg")}
+    for identity, (reference, sample) in layout.items():
+        (tmp_path / "data" / identity).mkdir(parents=True)
+        (tmp_path / "data" / identity / "Ref-0.jpg").write_bytes((faces_dir / reference).read_bytes())
+        (tmp_path / "data" / identity / "0.jpg").write_bytes((faces_dir / sample).read_bytes())
+    out = tmp_path / "scores.csv"
+    cli("score", tmp_path / "data", "--model", "mr", "--device", "cpu", "--out", out, "--no-progress")
+    expected = {row["image"]: float(row["quality"]) for row in csv.DictReader(out.open())}
+    scorer = synfiqa.create_scorer("mr", device="cpu")
+    assert {o.name: o.value for o in scorer.score_outcomes(tmp_path / "data")} == expected
+    assert sorted(expected) == ["ardern/0.jpg", "macron/0.jpg"]
+    assert scorer.higher_is_better and scorer.score_range == (0.0, 1.0)
+    with pytest.raises(ConfigError, match="takes image files"):
+        scorer.score(np.zeros((112, 112, 3), np.uint8))
+    with pytest.raises(ConfigError, match="are for create_scorer"):
+        synfiqa.create_scorer("cr-fiqa-l", references=tmp_path)
+
+
 def test_evaluate_returns_what_evaluate_json_prints(tmp_path):
     from test_evaluation_cli import make_dataset
 
