@@ -513,6 +513,6 @@ def test_a_third_party_backbone_trains_through_the_cli_and_synfiqa_score_loads_i
     assert scores == pytest.approx(direct.tolist(), abs=1e-4)
     # an architecture the plugin does not have is one line, exit code 2
     bad = subprocess.run([str(SYNFIQA), "train", str(demo), "--out", str(tmp_path / "bad"), "--network",
-                          "tiny-iresnet", "--arch", "iresnet50", "--max-steps", "1"],
+                          "tiny-iresnet", "--arch", "iresnet50", "--max-steps", "1", "--set", "train.batch_size=8"],
                          env=env, capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "tiny-iresnet has one architecture" in bad.stderr
