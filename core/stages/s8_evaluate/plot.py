@@ -82,7 +82,8 @@ def _draw_panel(axes, dataset: DatasetResult, column: int, styles: dict[str, dic
     axes.set_title(title, pad=11)
     axes.grid(True, color="0.9", linewidth=0.6)
     axes.set_axisbelow(True)
-    axes.legend(loc="best", frameon=True, framealpha=0.85, handlelength=3.2)
+    if axes.get_legend_handles_labels()[0]:  # every curve NaN (no impostor pair, say): no legend to draw
+        axes.legend(loc="best", frameon=True, framealpha=0.85, handlelength=3.2)
 
 
 def plot_edc(datasets: list[DatasetResult], path: str | Path | None = None, *, recognition: str | None = None):
