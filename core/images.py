@@ -170,7 +170,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 
 # Chroma subsampling of a stored JPEG (run.jpeg_subsampling). synfiqa stores 4:4:4, full
 # colour resolution, so the storage itself does not blur a degraded sample's colour edges; the
-# original saves with Pillow's defaults, quality 75 and 4:2:0 (docs/method.md#11-conventions).
+# original saves with Pillow's defaults, quality 75 and 4:2:0 (docs/method.md#11-conventions-the-original-and-synfiqa).
 JPEG_SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")
 
 
