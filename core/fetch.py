@@ -25,7 +25,6 @@ import os
 import re
 import tarfile
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath

@@ -163,3 +163,49 @@ def test_every_builtin_hook_is_a_real_hook():
     manager.check_hooks()
     manager.check_pending()
     assert manager.failed == []
+
+
+THIRD_PARTY = """
+import click
+from synfiqa import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("lightweight")
+    def lightweight():
+        '''A third party's command, light to import.'''
+        click.echo("lightweight ran")
+
+    @cli.commands["convert"].command("lightweight-checkpoint")
+    def convert_lightweight():
+        '''A third party's converter, in the built-in convert group.'''
+"""
+
+
+def test_a_third_party_command_is_listed_runs_and_may_join_a_stage_group(tmp_path):
+    """A third party's module is imported at start (its commands are known no other way): its
+    commands show in --help and run, a subcommand it adds to `convert` sits beside the built-ins'
+    (which are still imported only when `convert` is looked up), and a light plugin keeps the
+    start free of torch."""
+    from distributions import write_distribution
+
+    site = tmp_path / "site"
+    write_distribution(site, "synfiqa-lightweight", "lightweight_plugin", THIRD_PARTY)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env.pop("SYNFIQA_DISABLE_PLUGINS", None)
+
+    def probe(*args):
+        result = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], capture_output=True,
+                                text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        output, _, imported = result.stdout.rpartition("IMPORTED=")
+        return output, json.loads(imported)
+
+    output, imported = probe("--help")
+    assert "  lightweight " in output and "A third party's command" in output
+    assert imported == []
+    output, _ = probe("lightweight")
+    assert "lightweight ran" in output
+    output, _ = probe("convert", "--help")
+    for name in ("lightweight-checkpoint", "guided-diffusion", "blip", "caphuman"):
+        assert f"  {name} " in output, name
