@@ -98,6 +98,16 @@ def test_ray_options_are_refused_with_the_local_engine():
     assert make_engine("local").name == "local"
 
 
+def test_a_ray_address_where_nothing_listens_is_one_line_not_a_hang():
+    from synfiqa.stages.engines import EngineError, _check_reachable
+
+    with pytest.raises(EngineError, match="cannot reach a Ray cluster at '127.0.0.1:1'"):
+        _check_reachable("127.0.0.1:1")
+    with pytest.raises(EngineError, match="must be auto or HOST:PORT"):
+        _check_reachable("headnode:http")
+    _check_reachable("auto")   # left to Ray, which fails fast when no cluster runs here
+
+
 def test_engine_ray_without_ray_installed_is_one_line(monkeypatch, tmp_path):
     from synfiqa_cli.main import cli
 

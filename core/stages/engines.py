@@ -128,6 +128,7 @@ class RayEngine:
         if ray.is_initialized():
             return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing is sent home unless asked
+        _check_reachable(self.address)
         try:
             ray.init(address=self.address, include_dashboard=False, logging_level="warning")
         except (ConnectionError, RuntimeError, ValueError) as error:
@@ -184,7 +185,7 @@ class RayEngine:
                 _merge_timing(pipeline.timer, info["timing"])
             self._startup_s = time.perf_counter() - started
             per_gpu = f"{resources['num_gpus']:g} GPU each" if resources["num_gpus"] else "no GPU"
-            self.echo(f"ray: {count} workers ({per_gpu}, {threads} torch threads each) ready in {self._startup_s:.1f} s")
+            self.echo(f"ray: {count} workers ({per_gpu}, {threads} torch thread{'s' if threads != 1 else ''} each) ready in {self._startup_s:.1f} s")
             yield from self._dispatch(workers, pending, pipeline.timer)
         finally:
             for worker in workers:
@@ -297,6 +298,22 @@ class IdentityWorker:
                 os._exit(1)
         return {"record": record, "timing": self.timer.as_dict(), "seconds": time.perf_counter() - started,
                 "pid": os.getpid(), "gpu_ids": _gpu_ids()}
+
+
+def _check_reachable(address: str | None) -> None:
+    """A HOST:PORT where nothing listens is one line here: Ray itself would retry for ever."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except ValueError:
+        raise EngineError(f"--ray-address must be auto or HOST:PORT, got {address!r}") from None
+    except OSError as error:
+        raise EngineError(f"cannot reach a Ray cluster at {address!r}: {error.strerror or error} (start one with "
+                          "`ray start --head`, or leave out --ray-address)") from None
 
 
 def _gpu_ids() -> list:
