@@ -164,8 +164,8 @@ def run_tiny(datasets, out, overrides=(), **options):
     """train() of the tiny network with the test settings (one thread, no workers)."""
     from synfiqa.stages.s6_train import load_settings, train
 
-    settings = load_settings(None, ["arch='tiny'", "embedding_size=16", "dropout=0.0", "workers=0", "log_every=1",
-                                    "device='cpu'", *overrides])
+    settings = load_settings(None, ["network='tiny-iresnet'", "arch='tiny'", "embedding_size=16", "dropout=0.0",
+                                    "workers=0", "log_every=1", "device='cpu'", *overrides])
     return train(datasets, out, settings, tiny_network, **options)
 
 
