@@ -181,11 +181,12 @@ class RayEngine:
             self._stats = [WorkerStats(i) for i in range(count)]
             for stats, info in zip(self._stats, self._ready(workers)):
                 self._check_components(info, pipeline.plugins)
-                stats.node, stats.pids = info["node"], [info["pid"]]
+                stats.node, stats.pids, stats.gpu_ids = info["node"], [info["pid"]], list(info["gpu_ids"])
                 _merge_timing(pipeline.timer, info["timing"])
             self._startup_s = time.perf_counter() - started
             per_gpu = f"{resources['num_gpus']:g} GPU each" if resources["num_gpus"] else "no GPU"
-            self.echo(f"ray: {count} workers ({per_gpu}, {threads} torch thread{'s' if threads != 1 else ''} each) ready in {self._startup_s:.1f} s")
+            each = f"{threads} torch thread{'s' if threads != 1 else ''} each"
+            self.echo(f"ray: {count} workers ({per_gpu}, {each}) ready in {self._startup_s:.1f} s")
             yield from self._dispatch(workers, pending, pipeline.timer)
         finally:
             for worker in workers:
