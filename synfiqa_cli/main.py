@@ -132,6 +132,21 @@ def config_options(function):
     return function
 
 
+PRESET_KEY = "synfiqa.preset"
+
+
+def preset_option(function):
+    """--preset NAME: a config layer shipped with synfiqa, under --config and --set. Kept in the
+    click context, where resolve_config takes it (the command's own signature stays as it is)."""
+    def remember(ctx, _param, value):
+        ctx.meta[PRESET_KEY] = value
+        return value
+
+    return click.option("--preset", metavar="NAME", expose_value=False, callback=remember, is_eager=True,
+                        help="A shipped config preset, under --config and --set: paper (the MR-FIQA paper's "
+                             "models and every faithful switch; docs/method.md section 11).")(function)
+
+
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
 
 
@@ -156,7 +171,9 @@ def resolve_config(config_path, overrides, values: dict | None = None):
     from synfiqa.config import config_warnings, load_config
     from synfiqa.registry import get_registry
 
-    config = load_config(config_path, list(overrides), registry=get_registry(), values=values)
+    context = click.get_current_context(silent=True)
+    preset = context.meta.get(PRESET_KEY) if context is not None else None
+    config = load_config(config_path, list(overrides), registry=get_registry(), values=values, preset=preset)
     for warning in config_warnings(config):
         click.echo(f"warning: {warning}", err=True)
     return config
@@ -178,6 +195,7 @@ def resolve_config(config_path, overrides, values: dict | None = None):
 @click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (default 1; 0.5 puts two on a GPU).")
 @json_option
 @config_options
+@preset_option
 def build(out, input_dir, seed, device, overwrite, shard, progress, engine, ray_address, gpus_per_worker,
           as_json, config_path, overrides):
     """Build a SynFIQA dataset: references, degraded samples and quality scores."""
@@ -290,13 +308,14 @@ def config_group():
 @click.option("--schema", is_flag=True,
               help="List every config key instead: its type, default, allowed values and help.")
 @config_options
+@preset_option
 def config_show(schema, config_path, overrides):
-    """Print the resolved config (defaults + file + overrides) as TOML; with --schema, every key."""
+    """Print the resolved config (defaults + preset + file + overrides) as TOML; with --schema, every key."""
     from synfiqa.config import schema_text, to_toml
 
     if schema:
-        if config_path is not None or overrides:
-            raise click.UsageError("--schema lists the keys; it takes no --config or --set")
+        if config_path is not None or overrides or click.get_current_context().meta.get(PRESET_KEY):
+            raise click.UsageError("--schema lists the keys; it takes no --config, --set or --preset")
         click.echo(schema_text(), nl=False)
         return
     click.echo(to_toml(resolve_config(config_path, overrides)), nl=False)

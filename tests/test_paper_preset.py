@@ -219,3 +219,31 @@ def test_with_stand_in_weights_a_build_runs_every_paper_component(isolated, tmp_
     assert stored.quantization == Image.open(buffer).quantization
     assert json.loads(json.dumps(summary["severity_axes"])) == ["pose.abs_yaw", "blur-downscale.low_scale",
                                                                  "blur-downscale.blur_level"]
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_config_show_and_build_take_the_preset(isolated, tmp_path):
+    import tomllib
+
+    from click.testing import CliRunner
+
+    from synfiqa_cli.main import cli
+
+    paper_plugins_or_skip()
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["config", "show", "--preset", "paper", "--set", "run.degraded=50"])
+    assert shown.exit_code == 0, shown.output
+    config = tomllib.loads(shown.output)
+    assert {key: value(config, key) for key in PAPER} == {**PAPER, "run.degraded": 50}
+
+    unknown = runner.invoke(cli, ["config", "show", "--preset", "papers"])
+    assert unknown.exit_code == 2 and "unknown preset 'papers'; did you mean 'paper'?" in unknown.output
+    assert runner.invoke(cli, ["config", "show", "--schema", "--preset", "paper"]).exit_code == 2
+
+    built = runner.invoke(cli, ["build", "--preset", "paper", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert built.exit_code == 2
+    errors = [line for line in built.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: 6 model asset(s) missing:"), built.output
+    assert not (tmp_path / "out").exists()
