@@ -61,6 +61,9 @@ def test_the_preset_is_the_papers_configuration_under_config_and_set(tmp_path):
             default["annotate"]["label_order"]) == (95, "4:4:4", "landmarks-to-template", "by-path")
     with pytest.raises(ConfigError, match=r"unknown preset 'papper'; did you mean 'paper'\?"):
         load_config(preset="papper")
+    # the original's prompt lists need R <= D: fewer samples than references is one config line
+    with pytest.raises(ConfigError, match=r"needs run.references <= run.degraded; got 10 references and 3"):
+        load_config(preset="paper", overrides=["run.degraded=3"])
 
 
 def paper_plugins_or_skip():
