@@ -154,8 +154,8 @@ def test_cr_fiqa_training_network_has_the_published_layout_and_initialisation():
     assert set(network.state_dict()) == set(CRFIQANet((3, 4, 14, 3), "linear").state_dict())
     assert network.dropout.p == 0.4
     # CR-FIQA's IResNet.__init__: conv weights ~ N(0, 0.1) (torch's default would be ~ 0.02 here)
-    weights = torch.cat([m.weight.reshape(-1) for m in network.modules() if isinstance(m, nn.Conv2d)])
-    assert float(weights.mean()).__abs__() < 1e-3 and float(weights.std()) == pytest.approx(0.1, rel=0.01)
+    weights = torch.cat([m.weight.detach().reshape(-1) for m in network.modules() if isinstance(m, nn.Conv2d)])
+    assert abs(float(weights.mean())) < 1e-3 and float(weights.std()) == pytest.approx(0.1, rel=0.01)
     with pytest.raises(ValueError, match="iresnet18, iresnet34, iresnet50, iresnet100"):
         CRFIQAScorer.training_network("resnet9", "linear", 512, 0.4)
 
