@@ -250,3 +250,21 @@ def test_config_show_and_build_take_the_preset(isolated, tmp_path):
     errors = [line for line in built.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and errors[0].startswith("Error: 6 model asset(s) missing:"), built.output
     assert not (tmp_path / "out").exists()
+
+
+def test_annotate_takes_the_preset_over_the_builds_own_config(tmp_path):
+    from click.testing import CliRunner
+
+    from synfiqa.stages.build import build
+    from synfiqa_cli.main import cli
+
+    out = tmp_path / "out"
+    build(load_config(None, ["run.degraded=2"]), out, echo=lambda *_: None)
+    offline = ["--set", "models.detector=mtcnn", "--set", "models.embedder=sface", "--set", "models.pose=dlib68-pnp",
+               "--set", 'annotate.optional=["vl"]']
+    result = CliRunner().invoke(cli, ["annotate", str(out), "--no-progress", "--preset", "paper", *offline])
+    assert result.exit_code == 0, result.output
+    assert "models and annotators from" not in result.output   # the build's config.toml was not read
+    summary = json.loads((out / "annotation-summary.json").read_text())
+    assert (summary["label_order"], summary["labels_moved"], summary["labels"]) == ("original-bug", 0, 8)
+    assert "WARNING: annotate.label_order" in result.output
