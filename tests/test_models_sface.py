@@ -51,7 +51,7 @@ def test_torch_backend_gives_opencvs_embeddings(backends, source):
     assert ours.is_contiguous() and not ours.requires_grad
     cosine, relative = agreement(ours, reference)
     print(f"{source}: min cosine {cosine:.12f}, max |diff| / norm {relative:.2e}")
-    assert cosine >= 0.9999
+    assert cosine >= 1 - 1e-6   # issue 15: the same embeddings to 1e-6 in cosine
     assert relative <= 1e-4
 
 
@@ -62,7 +62,7 @@ def test_the_eager_translation_alone_matches_too(backends):
     with torch.no_grad():
         eager = torch_backend.graph(crops.float().contiguous(memory_format=torch.channels_last))
     cosine, relative = agreement(eager, opencv_backend.embed(crops))
-    assert cosine >= 0.9999 and relative <= 1e-4
+    assert cosine >= 1 - 1e-6 and relative <= 1e-4
 
 
 def test_genuine_pairs_keep_their_cosines(backends):
