@@ -55,3 +55,8 @@ class OutputWriteError(SynfiqaError):
 class AssetTransferError(SynfiqaError):
     """A model asset could not be downloaded, packed or unpacked (the message names the file;
     a corrupt one names the expected and the actual sha256, and is not installed)."""
+
+
+class EngineError(SynfiqaError):
+    """A build engine cannot go on: no Ray cluster at the address, a worker that cannot start,
+    every worker lost (what was built is kept)."""
