@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from synfiqa.errors import ConfigError, SynfiqaError
+from synfiqa.errors import ConfigError, EngineError, SynfiqaError
 from synfiqa.timing import StageTimer
 
 ENGINES = ("local", "ray")
@@ -36,10 +36,6 @@ RAY_MISSING = 'the ray engine needs Ray, which is not installed: pip install "sy
 # synfiqa's own environment (which plugins load, where weights are) reaches every worker as
 # the driver has it, so workers build with the driver's components
 FORWARDED_ENVIRONMENT = ("SYNFIQA_DISABLE_PLUGINS", "SYNFIQA_PLUGINS", "SYNFIQA_WEIGHTS")
-
-
-class EngineError(SynfiqaError):
-    """The engine cannot go on (no Ray cluster at the address, every worker lost)."""
 
 
 @dataclass
@@ -336,7 +332,9 @@ def _report(name: str, stats: list[WorkerStats], seconds: float, startup_s: floa
 
 
 def report_lines(report: dict) -> list[str]:
-    """The engine's part of the end-of-build summary."""
+    """The engine's part of the end-of-build summary (nothing when every identity was built before)."""
+    if not report["identities"] and not report["retried"]:
+        return []
     lines = [f"engine {report['engine']}: {report['identities']} identities in {report['seconds']:.1f} s "
              f"({report['identities_per_s']:.2f} identities/s"
              + (f"; workers started in {report['startup_s']:.1f} s)" if report["engine"] != "local" else ")")]
