@@ -191,7 +191,8 @@ def resolve_config(config_path, overrides, values: dict | None = None):
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where the per-identity work runs: this process, or Ray workers (one per GPU; docs/scale.md).")
 @click.option("--ray-address", metavar="auto|HOST:PORT",
-              help="The Ray cluster to join (auto: the one `ray start` runs here); default: start one on this machine.")
+              help="The Ray cluster to join (auto: the one `ray start` runs here); default: the one running here, "
+                   "else a new one on this machine.")
 @click.option("--gpus-per-worker", type=float, help="GPUs per Ray worker (default 1; 0.5 puts two on a GPU).")
 @json_option
 @config_options
