@@ -117,8 +117,9 @@ class RayEngine:
     # -------------------------------------------------------------- the cluster
 
     def open(self) -> None:
-        """Join the cluster at `address` ("auto": the one `ray start` runs on this machine), or
-        start one on this machine; a cluster this process already joined is used as it is."""
+        """Join the cluster at `address` ("auto": the one `ray start` runs on this machine); with
+        none, Ray joins the cluster running on this machine or else starts one here (and `close`
+        stops it). A cluster this process already joined is used as it is."""
         import ray
 
         if ray.is_initialized():
