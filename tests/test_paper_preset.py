@@ -167,6 +167,7 @@ def blip_folder(folder: Path) -> None:
     BlipForImageTextRetrieval(config).eval().save_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_with_stand_in_weights_a_build_runs_every_paper_component(isolated, tmp_path):
     from PIL import JpegImagePlugin
 
