@@ -5,6 +5,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synfiqa.errors import BadInputError
+
 # (x, y): left eye, right eye, nose tip, left mouth corner, right mouth corner.
 ARCFACE_TEMPLATE_112 = np.array(
     [
@@ -66,6 +68,8 @@ def original_similarity_transform(source: np.ndarray, target: np.ndarray) -> np.
     it compares, so that is what it measures against)."""
     source = np.asarray(source, dtype=np.float32).astype(np.float64)
     target = np.asarray(target, dtype=np.float32).astype(np.float64)
+    if not np.ptp(source, axis=0).any():  # the fit to one point has scale 0 and no inverse (the original crashes)
+        raise BadInputError("no-face", "the five landmarks are one point: no similarity maps the template onto them")
     mirror = np.diag([-1.0, 1.0, 1.0])
     mirrored = target * np.array([-1.0, 1.0])
     plain = _inverted(similarity_transform(target, source))[:2]

@@ -113,6 +113,10 @@ def test_template_to_landmarks_is_the_originals_transform(landmarks):
         assert np.allclose(got, expected, atol=1e-4, rtol=0)
         mirrored += np.linalg.det(expected[:, :2]) < 0
     assert mirrored > 0   # the mirrored alternative was exercised
+    from synfiqa.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="one point"):   # the original's inverse fails there
+        template_transform(np.full((5, 2), 40.0), 112, "template-to-landmarks")
 
 
 def test_template_to_landmarks_crops_as_the_original_and_shows_the_face_larger(landmarks):
