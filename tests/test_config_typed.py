@@ -158,7 +158,7 @@ def captured_builds(monkeypatch):
     import synfiqa.stages.build
 
     configs = []
-    monkeypatch.setattr(synfiqa.stages.build, "build", lambda config, out, **_: configs.append(config))
+    monkeypatch.setattr(synfiqa.stages.build, "build", lambda config, out, **_: configs.append(config) or {})  # build returns its summary
     return configs
 
 
@@ -229,7 +229,7 @@ def test_config_show_schema_lists_every_key_with_type_default_range_and_help():
     for row in schema_rows():
         assert f"{row['key']} = {row['default']}\n" in output and row["help"] in output
     code, output = run("config", "show", "--schema", "--set", "run.seed=1")
-    assert code == 2 and "takes no --config or --set" in output
+    assert code == 2 and "takes no --config, --set or --preset" in output
 
 
 def test_config_show_still_prints_the_resolved_toml():
