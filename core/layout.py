@@ -14,7 +14,10 @@ Quality-Scores.txt (one writer, one reader).
     OUT/.synfiqa/identities/<id>.json   per-identity records: the unit of resume, with the
                                         size of every file the identity wrote
 
-A sample has one key everywhere (Quality-Scores.txt, annotations): "/<identity>/<file>".
+An image has one key in every file that names it: "/<identity>/<file>", its path under
+data/ with a leading slash, exactly as Quality-Scores.txt writes it (the original's format).
+manifest.jsonl and annotations.jsonl rows carry it as "key", beside "path", where the file
+lies relative to the build folder ("data/<identity>/<file>"); join the three files on it.
 """
 from __future__ import annotations
 
@@ -74,8 +77,17 @@ def relative_path(identity: str, name: str) -> str:
 
 
 def quality_key(identity: str, name: str) -> str:
-    """The key of a sample in Quality-Scores.txt: its path under data/, with a leading slash."""
+    """The key of an image: its path under data/, with a leading slash, as Quality-Scores.txt
+    writes it; manifest.jsonl and annotations.jsonl name the image by it too ("key")."""
     return f"/{identity}/{name}"
+
+
+def image_fields(key: str) -> dict[str, str]:
+    """The fields that name a dataset image in every row about it (manifest.jsonl,
+    annotations.jsonl), from its key ("/<identity>/<file>", see `quality_key`): "key", the
+    join key shared with Quality-Scores.txt, and "path", where the file lies relative to the
+    build folder ("data/<identity>/<file>")."""
+    return {"key": key, "path": f"{DATA}{key}"}
 
 
 def sample_key(path: str) -> str:

@@ -73,7 +73,7 @@ def test_annotate_reproduces_the_builds_scores(small_build, copy_of_build):
     assert (copy_of_build / "Quality-Scores.txt").read_text() == (small_build / "Quality-Scores.txt").read_text()
     built = {"/" + r["path"].removeprefix("data/"): r for r in jsonl(small_build / "manifest.jsonl")
              if r["role"] == "degraded"}
-    annotated = {r["path"]: r for r in jsonl(copy_of_build / "annotations.jsonl")}
+    annotated = {r["key"]: r for r in jsonl(copy_of_build / "annotations.jsonl")}
     assert annotated.keys() == built.keys() and len(built) == 20
     for key, row in annotated.items():
         for name in ("fr", "sd", "mr"):
@@ -147,7 +147,7 @@ def test_bad_images_are_skipped_with_a_reason(small_build, tmp_path):
         reference.write_bytes(b"")                                                          # no usable reference
     result = annotate(foreign, "--intensities", table)
     assert result.exit_code == 0, result.output
-    rows = {r["path"]: r for r in jsonl(foreign / "annotations.jsonl")}
+    rows = {r["key"]: r for r in jsonl(foreign / "annotations.jsonl")}
     reasons = {path: r["reason"] for path, r in rows.items() if r["status"] == "skipped"}
     assert reasons == {"/ardern/1.jpg": "corrupt-image", "/ardern/2.jpg": "wrong-size",
                        "/macron/0.jpg": "unreadable-image", "/obama/Ref-0.jpg": "unreadable-image",

@@ -150,3 +150,45 @@ def test_filter_writes_nothing_into_its_input_folder_unless_asked(faces_copy, tm
     assert folder_state(faces_copy) == before
     refused = invoke(*arguments, "--kept-list", "-", "--json")
     assert refused.exit_code == 2 and "both print on stdout" in refused.output
+
+
+# ---------------------------------------------------------------- one key per image
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_one_key_joins_quality_scores_manifest_and_annotations(tmp_path):
+    from synfiqa.config import load_config
+    from synfiqa.stages.build import build
+    from synfiqa.stages.s5_annotate import annotate_dataset
+
+    out = tmp_path / "build"
+    config = load_config(None, ["run.degraded=3"])
+    build(config, out, echo=lambda *_: None)
+    annotate_dataset(config, out, echo=lambda *_: None, progress=False)
+    # every image on disk, keyed here from the file system alone: its path under data/ with a
+    # leading slash, the key of the original's Quality-Scores.txt
+    on_disk = {"/" + p.relative_to(out / "data").as_posix(): p for p in (out / "data").rglob("*.jpg")}
+    degraded = {key for key in on_disk if not key.rsplit("/", 1)[1].startswith("Ref-")}
+    assert len(degraded) == 4 * 3 and len(on_disk) > len(degraded)
+    quality = {}
+    for line in (out / "Quality-Scores.txt").read_text().splitlines():
+        key, score = line.split("\t")
+        quality[key] = float(score)
+    rows = jsonl(out / "manifest.jsonl")
+    manifest = {row["key"]: row for row in rows if "key" in row}
+    assert all(row["status"] == "skipped" for row in rows if "key" not in row)  # photos that gave no image
+    annotations = {row["key"]: row for row in jsonl(out / "annotations.jsonl")}
+
+    assert manifest.keys() == on_disk.keys()              # references and samples
+    assert quality.keys() == degraded
+    assert {key for key, row in annotations.items() if row["status"] == "ok"} == degraded
+    for key in degraded:                                  # the join: one image, three files
+        built, annotated = manifest[key], annotations[key]
+        assert out / built["path"] == on_disk[key] and annotated["path"] == built["path"]
+        assert built["role"] == annotated["role"] == "degraded"
+        assert quality[key] == pytest.approx(built["scores"]["mr"], abs=5e-7)   # 6 decimals written
+        assert annotated["scores"]["mr"] == pytest.approx(built["scores"]["mr"], abs=1e-9)

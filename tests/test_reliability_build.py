@@ -236,8 +236,8 @@ def test_annotate_reports_recorded_samples_that_are_missing(built, tmp_path):
     summary = json.loads((out / "annotation-summary.json").read_text())
     assert summary["missing_samples"] == 1
     rows = [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
-    assert {"path": "/macron/0.jpg", "status": "missing"}.items() <= next(
-        r for r in rows if r["path"] == "/macron/0.jpg").items()
+    assert {"key": "/macron/0.jpg", "path": "data/macron/0.jpg", "status": "missing"}.items() <= next(
+        r for r in rows if r["key"] == "/macron/0.jpg").items()
 
 
 # ------------------------------------------------------------ the final step, the lock

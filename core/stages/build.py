@@ -133,7 +133,7 @@ class Pipeline:
             k = face.rendered.index
             stored_references.append(save(layout.reference_name(k), face.crop))
             rows.append({"identity": identity.name, "index": k, "role": "reference", "status": "ok",
-                         "path": layout.relative_path(identity.name, layout.reference_name(k)),
+                         **layout.image_fields(quality_key(identity.name, layout.reference_name(k))),
                          "source": face.rendered.source, "params": {YAW_AXIS: face.abs_yaw},
                          **_controls(face), **_notes(face)})
         if not degraded:
@@ -155,7 +155,7 @@ class Pipeline:
             k = face.rendered.index
             circular = {"circular": True} if face.rendered.source in reference_sources else {}
             rows.append({"identity": identity.name, "index": k, "role": "degraded", "status": "ok",
-                         "path": layout.relative_path(identity.name, layout.sample_name(k)),
+                         **layout.image_fields(quality_key(identity.name, layout.sample_name(k))),
                          "source": face.rendered.source, "params": {YAW_AXIS: face.abs_yaw, **record},
                          "scores": {key: values[i] for key, values in scores.items()},
                          **_controls(face), **circular, **_notes(face)})

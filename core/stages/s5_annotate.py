@@ -32,8 +32,8 @@ from synfiqa import protocols
 from synfiqa.annotation import YAW_AXIS, SampleTable
 from synfiqa.config import component_params
 from synfiqa.context import RunContext
-from synfiqa.layout import (BUILD_MARKER, QUALITY_SCORES, format_quality_scores, quality_key, reference_index,
-                            sample_index, sample_key, scan_dataset)
+from synfiqa.layout import (BUILD_MARKER, QUALITY_SCORES, format_quality_scores, image_fields, quality_key,
+                            reference_index, sample_index, sample_key, scan_dataset)
 from synfiqa.errors import BadInputError, ConfigError, WeightsNotFoundError
 from synfiqa.images import read_rgb
 from synfiqa.mr_label import original_label_sources
@@ -300,15 +300,16 @@ def _annotate_dataset(config: dict, root: Path, *, intensities, axes, registry, 
     quality = {key: float(result.scores[result.label][i]) for i, key in enumerate(keys)}
     written, label_order = labels_as_written(config, quality)
     write_text_atomic(root / QUALITY_SCORES, format_quality_scores(written))
-    annotation_rows = [{"path": key, "role": "degraded", "status": "ok",
+    annotation_rows = [{**image_fields(key), "role": "degraded", "status": "ok",
                         "scores": {k: float(v[i]) for k, v in result.scores.items()},
                         **({"partial": result.partial} if result.missing else {})} for i, key in enumerate(keys)]
-    annotation_rows += [{"path": key, "role": "degraded", "status": "skipped", **why} for key, why in skipped.items()]
-    annotation_rows += [{"path": key, "role": "reference", "status": "skipped", **why}
+    annotation_rows += [{**image_fields(key), "role": "degraded", "status": "skipped", **why}
+                        for key, why in skipped.items()]
+    annotation_rows += [{**image_fields(key), "role": "reference", "status": "skipped", **why}
                         for key, why in references_skipped.items()]
-    annotation_rows += [{"path": key, "role": "degraded", "status": "missing", "reason": "missing-file",
+    annotation_rows += [{**image_fields(key), "role": "degraded", "status": "missing", "reason": "missing-file",
                          "detail": "recorded, but the file is not in data/"} for key in missing_files]
-    annotation_rows.sort(key=lambda row: row["path"])
+    annotation_rows.sort(key=lambda row: row["key"])
     write_text_atomic(root / "annotations.jsonl",
                       "".join(json.dumps(row, sort_keys=True) + "\n" for row in annotation_rows))
     reasons = dict(sorted(Counter(s["reason"] for s in skipped.values()).items()))

@@ -19,7 +19,7 @@ from synfiqa.errors import BadInputError, DataFileError
 
 ROLES = ("reference", "degraded")
 # manifest keys that are the sample's identity, not columns of their own
-_STRUCTURAL = {"identity", "index", "role", "status", "path", "params", "scores", "plugins", "partial", "notes"}
+_STRUCTURAL = {"identity", "index", "role", "status", "key", "path", "params", "scores", "plugins", "partial", "notes"}
 
 
 @dataclass
