@@ -196,6 +196,7 @@ class MissingAssets:
 
     def __init__(self):
         self.missing: dict[str, list[str]] = {}   # asset name -> the config keys that need it
+        self.errors: dict[str, WeightsNotFoundError] = {}   # asset name -> its first error
 
     @contextmanager
     def need(self, where: str):
@@ -208,10 +209,16 @@ class MissingAssets:
         first = str(error).splitlines()[0]
         name = first.split("'")[1] if first.startswith("model asset '") else first
         self.missing.setdefault(name, []).append(where)
+        self.errors.setdefault(name, error)
 
     def raise_if_any(self) -> None:
         if not self.missing:
             return
+        if len(self.missing) == 1:
+            # one missing asset: its own error, which says where it was searched and how to get it
+            (name, where), = self.missing.items()
+            first, _, rest = str(self.errors[name]).partition("\n")
+            raise WeightsNotFoundError(f"{first} (for {', '.join(where)})" + (f"\n{rest}" if rest else ""))
         listed = "; ".join(f"{name!r} (for {', '.join(where)})" for name, where in self.missing.items())
         raise WeightsNotFoundError(f"{len(self.missing)} model asset(s) missing: {listed}. `synfiqa models list` "
                                    "says where each is searched and how to get it")
