@@ -11,15 +11,14 @@ import torch.nn.functional as F
 WORDS = ["a", "photo", "of", "face", "the", "person", "high", "quality", "blurry", "clear", "man", "woman"]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def write_tiny_blip(folder, words) -> None:
+    """A tiny random BLIP retrieval model saved by transformers in `folder`, with a BERT
+    vocabulary of `words` (the special tokens first): the real format, through the real loader."""
     from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
 
-    folder = tmp_path_factory.mktemp("blip-itm-base-coco")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + [w for w in words if w not in (".", ",")]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(str(folder / "vocab.txt"))
-    tokenizer.save_pretrained(folder)
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
     config = BlipConfig(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            image_size=32, patch_size=8),
@@ -30,6 +29,12 @@ def model_dir(tmp_path_factory):
     )
     torch.manual_seed(0)
     BlipForImageTextRetrieval(config).eval().save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blip-itm-base-coco")
+    write_tiny_blip(folder, WORDS)
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     return folder
 

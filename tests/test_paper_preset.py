@@ -146,25 +146,12 @@ def stand_in_weights(root: Path) -> None:
 
 
 def blip_folder(folder: Path) -> None:
-    """A tiny random BLIP retrieval model saved by transformers, with a BERT vocabulary of the
-    reference prompt's words (as tests/test_blip.py makes it)."""
-    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
+    """A tiny random BLIP retrieval model whose vocabulary holds the reference prompt's words."""
+    from tests.test_blip import write_tiny_blip
 
     words = ("a high-resolution clear frontal face image with natural expression under good lighting condition "
              "without any occlusion").replace("-", " - ").split()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-"] + sorted(set(words) - {"-"})
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    config = BlipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=64, encoder_hidden_size=32,
-                         bos_token_id=2, sep_token_id=3, pad_token_id=0),
-        image_text_hidden_size=16,
-    )
-    torch.manual_seed(0)
-    BlipForImageTextRetrieval(config).eval().save_pretrained(folder)
+    write_tiny_blip(folder, ["-"] + sorted(set(words) - {"-"}))
 
 
 @pytest.mark.slow
