@@ -35,6 +35,7 @@ from synfiqa.stages.s2_filter import filter_for_build
 from synfiqa.stages.s3_synthesize import draw_plan, identity_input, load_bank, synthesize
 from synfiqa.stages.s4_degrade import degrade_crops
 from synfiqa.stages.s5_annotate import identity_scores, label_order_lines, labels_as_written, load_annotators, score_dataset
+from synfiqa.stages.s9_report import report_after_build
 from synfiqa.timing import StageTimer
 from synfiqa.weights import MissingAssets
 from synfiqa.store import RecordSet, StageFolder, write_atomic, write_error, write_group, write_text_atomic
@@ -361,6 +362,8 @@ def _build_identities(pipeline, out, records, identities, shard, progress, echo,
                               summary["missing_domains"]):
         echo(line)
     echo(f"wrote {out / layout.QUALITY_SCORES} ({len(quality)} scores) and {layout.MANIFEST}")
+    with pipeline.timer("report"):  # s9: OUT/report/index.html; prints its path and the flagged identities
+        report_after_build(out, echo)
     return {**summary, "engine": report}
 
 
