@@ -37,10 +37,11 @@ SUMMARY = "summary.json"
 CONFIG = "config.toml"
 BUILD_MARKER = ".synfiqa/build.json"
 IDENTITY_RECORDS = ".synfiqa/identities"
+REPORT = "report"                # the HTML report a build ends with (synfiqa report)
 # everything synfiqa writes into a build folder (`synfiqa annotate`'s outputs included);
 # `--overwrite` removes these and nothing else
 OWNED_ENTRIES = (DATA, GENERATED, ".synfiqa", QUALITY_SCORES, MANIFEST, CONFIG, SUMMARY,
-                 "annotations.jsonl", "annotation-summary.json")
+                 "annotations.jsonl", "annotation-summary.json", REPORT)
 MAX_NAME_BYTES = 200  # below every common file system's 255-byte limit, with room for suffixes
 
 _REFERENCE = re.compile(r"^Ref-(\d+)\.[A-Za-z0-9]+$")

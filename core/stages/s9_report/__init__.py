@@ -20,11 +20,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from synfiqa import layout
 from synfiqa.stages.s9_report.analysis import Findings, analyse
 from synfiqa.stages.s9_report.data import BuildView, read_view
 from synfiqa.store import StageFolder, write_text_atomic
 
-REPORT_FOLDER = "report"         # the default --out, inside the build folder
+REPORT_FOLDER = layout.REPORT    # the default --out, inside the build folder
 MARKER = ".synfiqa/report.json"
 OWNED = ("index.html", "images", "filter", "figures", ".synfiqa")
 DEFAULT_GALLERIES = 50           # identity galleries shown (flagged first); the tables list every identity
