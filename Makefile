@@ -33,11 +33,13 @@ demo: $(STAMP)
 
 # Chromium (headless) for the report's browser test, from the Debian packages when missing; never
 # fails the setup: it says why when it cannot install, and that test is then skipped with the reason
+# never waits on a prompt or forever on a mirror
+APT := DEBIAN_FRONTEND=noninteractive timeout 900 apt-get
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
 	    echo "browser: chromium is missing and cannot be installed here (needs root and apt-get); the report's browser test will be skipped"; \
-	  elif apt-get install -y chromium >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1; }; then \
+	  elif $(APT) install -y chromium >/dev/null 2>&1 || { $(APT) update >/dev/null 2>&1 && $(APT) install -y chromium >/dev/null 2>&1; }; then \
 	    echo "browser: installed chromium for the report's browser test"; \
 	  else echo "browser: apt-get could not install chromium; the report's browser test will be skipped"; fi; }
 
