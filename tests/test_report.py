@@ -229,3 +229,31 @@ def test_after_a_build_the_report_is_written_and_summarised(tmp_path):
     lines.clear()
     assert report_after_build(root, lines.append) is None
     assert lines[0].startswith("report: not written (") and lines[0].endswith(f"synfiqa report {root}")
+
+
+@pytest.mark.parametrize("values", [[0.5] * 7, [0.25, 0.25 + 1e-15, 0.25], [1.0]])
+def test_histograms_of_equal_labels_are_drawn(tmp_path, values):
+    """A build whose labels are all equal (one sample, or a constant domain) still gets its
+    histograms: numpy cannot cut a zero-width range into bins."""
+    from synfiqa.stages.s9_report.figures import histograms
+
+    path = tmp_path / "histograms.svg"
+    histograms("mr", values, {"fr": values}, {"sd": "not in this build"}, path)
+    svg = path.read_text()
+    assert svg.startswith("<?xml") and "not in this build" in svg
+
+
+def test_an_unexpected_report_failure_is_a_line_not_a_failed_build(tmp_path, monkeypatch):
+    import synfiqa.stages.s9_report as report
+
+    root = write_build(tmp_path / "build", following_and_rising())
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+
+    def broken(out):
+        raise ValueError("a bug in the view")
+
+    monkeypatch.setattr(report, "make_report", broken)
+    lines = []
+    assert report_after_build(root, lines.append) is None
+    assert lines == [f"report: not written (ValueError: a bug in the view); write it with: synfiqa report {root}"]
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before

@@ -40,13 +40,24 @@ def histograms(label_name: str, labels: list[float], domains: dict[str, list[flo
                 axes.set_xticks([])
                 axes.set_yticks([])
                 continue
-            axes.hist(values, bins=BINS, color="#0072B2", edgecolor="white", linewidth=0.5)
+            axes.hist(values, bins=BINS, range=_bin_range(values), color="#0072B2", edgecolor="white", linewidth=0.5)
             axes.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts of samples
             axes.set_xlabel(f"n={len(values)}, mean {values.mean():.3f}")
             axes.set_ylabel("samples")
             axes.grid(True, axis="y", color="0.9", linewidth=0.6)
             axes.set_axisbelow(True)
         _save(figure, path)
+
+
+def _bin_range(values: np.ndarray) -> tuple[float, float]:
+    """The histogram's range: the values' own, widened around a (nearly) single value, whose
+    span numpy cannot cut into BINS distinct edges (a build whose labels are all equal)."""
+    low, high = float(values.min()), float(values.max())
+    half = 1e-3 * max(1.0, abs(high))
+    if high - low < 2 * half:
+        middle = (low + high) / 2
+        return middle - half, middle + half
+    return low, high
 
 
 def _wrap(text: str, width: int = 34) -> str:
