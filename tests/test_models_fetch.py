@@ -75,9 +75,10 @@ class Server:
                 if self.path in server.cut:  # promise the whole body, send part of it, hang up
                     server.cut.discard(self.path)
                     body = body[:server.cut_at]
+                # recorded before the body goes out: once the client has read it, the test may look
+                server.requests.append(("GET", self.path, asked, len(body)))
                 self.wfile.write(body)
                 self.wfile.flush()
-                server.requests.append(("GET", self.path, asked, len(body)))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
