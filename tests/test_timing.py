@@ -27,3 +27,32 @@ def test_a_build_prints_where_its_time_went(tmp_path):
     for stage in ("load models", "detect+align", "degrade", "annotate", "write", "dataset-wide"):
         assert stage.split()[0] in stages, (stage, stages)
     assert not any("time" in path.name for path in (tmp_path / "out").rglob("*"))   # printed, never stored
+
+
+def test_a_build_that_compiles_the_ops_names_that_row(tmp_path, monkeypatch):
+    """The ops' JIT build happens at the chain's probe (their first call): a build that found no
+    compiled ops for its sources says "compile ops" instead of leaving tens of seconds as "other"."""
+    from pathlib import Path
+
+    from synfiqa.ops import loader
+
+    library = tmp_path / "ops.so"
+    calls = []
+
+    def cached_library(kind):   # absent until the probe has run once: as a first build on a machine
+        calls.append(kind)
+        return library if len(calls) > 1 else None
+
+    library.write_bytes(b"")
+    monkeypatch.setattr(loader, "cached_library", cached_library)
+
+    def table(out: Path) -> list[str]:
+        printed = []
+        build(load_config(None, ["run.degraded=1", 'annotate.chain=["fr"]']), out, echo=printed.append)
+        start = next(i for i, line in enumerate(printed) if line.startswith("where this run's time went"))
+        return [line.split()[0] + (" " + line.split()[1] if line.split()[0] in ("compile", "check") else "")
+                for line in printed[start + 2:]]
+
+    first, second = table(tmp_path / "first"), table(tmp_path / "second")
+    assert "compile ops" in first and "check chain" not in first
+    assert "check chain" in second and "compile ops" not in second

@@ -267,7 +267,14 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     with timer("load models"):
         pipeline = Pipeline(config, registry, timer)
     check_input_and_output(pipeline, out)
-    pipeline.chain.probe(config["run"]["image_size"])  # a broken degradation plugin is named before anything is written
+    # a broken degradation plugin is named before anything is written; the probe is the ops' first
+    # call, so where their cache lacks a build for these sources (a new machine or checkout) the
+    # JIT compile (tens of seconds, in ninja's processes) happens here and is named as such
+    compiled_before = _compiled_ops_stamp()
+    wall, cpu = time.perf_counter(), time.process_time()
+    pipeline.chain.probe(config["run"]["image_size"])
+    timer.add("compile ops" if _compiled_ops_stamp() != compiled_before else "check chain",
+              time.perf_counter() - wall, time.process_time() - cpu)
     identities = None  # a generative Stage 1 makes them once the folder is claimed
     if not protocols.is_generative(pipeline.generator):  # listed before anything is written: a bad name writes nothing
         identities = pipeline.generator.identities(None, config["run"]["seed"])
@@ -288,6 +295,14 @@ def build(config: dict, out: str | Path, *, overwrite: bool = False, shard: tupl
     for line in lines:
         echo(line)
     return result
+
+
+def _compiled_ops_stamp() -> float | None:
+    """When the compiled CPU ops were last built (None: not built for these sources)."""
+    from synfiqa.ops import loader
+
+    library = loader.cached_library("cpu")
+    return library.stat().st_mtime if library is not None else None
 
 
 def _build_in_folder(pipeline, out, overwrite, shard, progress, echo, stop_after, engine, identities) -> dict:
