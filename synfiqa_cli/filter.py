@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from synfiqa_cli.main import resolve_config
+from synfiqa_cli.main import preset_option, resolve_config
 from synfiqa_cli.output import Output
 
 # What `synfiqa filter` runs when neither --filters nor filter.chain names any: the paper's
@@ -28,6 +28,7 @@ PAPER_CHAIN = ("yaw", "glasses", "expression", "uniqueness")
 @click.option("--kept-list", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the kept images here, one path per line relative to DIRECTORY; '-' prints them on "
                    "stdout (the table then goes to stderr). Default: no list is written.")
+@preset_option
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="A TOML pipeline config.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
 def filter_command(directory, filter_names, grouping, as_json, kept_list, config_path, overrides):
@@ -37,6 +38,7 @@ def filter_command(directory, filter_names, grouping, as_json, kept_list, config
     from synfiqa.context import RunContext
     from synfiqa.stages.s2_filter import build_filters, run_filters, summary_counts
     from synfiqa.store import write_text_atomic
+    from synfiqa.weights import MissingAssets
     from synfiqa.registry import get_registry
 
     from synfiqa_plugins.generators.folder import FolderGenerator
@@ -52,8 +54,13 @@ def filter_command(directory, filter_names, grouping, as_json, kept_list, config
     folder_params = component_params(config, "generate", "folder")
     generator = FolderGenerator(str(directory), grouping or folder_params.get("grouping", "auto"))
     identities = generator.identities(None, config["run"]["seed"])
-    filters = build_filters(names, config, registry)
-    verdicts = run_filters(filters, identities, RunContext(config, registry))
+    context = RunContext(config, registry)
+    missing = MissingAssets()   # the detector's and every filter's missing weights, named in one error
+    with missing.need("models.detector"):
+        context.model("detector")
+    filters = build_filters(names, config, registry, missing)
+    missing.raise_if_any()
+    verdicts = run_filters(filters, identities, context)
 
     root = Path(directory)
     paths = {i.name: [str(Path(s.path).relative_to(root)) for s in i.images] for i in identities}

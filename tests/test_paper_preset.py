@@ -95,6 +95,25 @@ def test_without_weights_one_line_names_every_missing_asset(isolated, tmp_path):
     assert not (tmp_path / "out").exists()   # nothing written
 
 
+def test_filter_with_the_preset_names_every_missing_asset_of_its_chain(isolated, tmp_path):
+    """`synfiqa filter --preset paper`: the detector, the yaw filter's pose model (the run's
+    models.pose), the expression model and the uniqueness embedder in one line, before any judging."""
+    from click.testing import CliRunner
+
+    from synfiqa_cli.main import cli
+
+    paper_plugins_or_skip()
+    faces = Path(__file__).parent / "data" / "faces"
+    result = CliRunner().invoke(cli, ["filter", str(faces), "--preset", "paper"])
+    assert result.exit_code == 2, result.output
+    (line,) = [text for text in result.output.splitlines() if text.startswith("Error:")]
+    assert line.startswith("Error: 4 model asset(s) missing:"), line
+    for asset, needed_by in (("retinaface-resnet50", "models.detector"), ("6drepnet360", "filter 'yaw' through models.pose"),
+                             ("deepface-emotion", "filter 'expression'"),
+                             ("adaface-ir18", "filter.params.uniqueness.embedder")):
+        assert f"'{asset}' (for {needed_by})" in line, (asset, line)
+
+
 # ---------------------------------------------------------------- stand-in weights in the real formats
 
 

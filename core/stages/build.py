@@ -31,7 +31,7 @@ from synfiqa.progress import progress as progress_bar
 from synfiqa.registry import Registry, get_registry
 from synfiqa.stages.engines import LocalEngine, report_lines
 from synfiqa.stages.s1_generate import generate_into
-from synfiqa.stages.s2_filter import filter_for_build
+from synfiqa.stages.s2_filter import build_filters, filter_for_build
 from synfiqa.stages.s3_synthesize import draw_plan, identity_input, load_bank, synthesize
 from synfiqa.stages.s4_degrade import degrade_crops
 from synfiqa.stages.s5_annotate import identity_scores, label_order_lines, labels_as_written, load_annotators, score_dataset
@@ -74,17 +74,9 @@ class Pipeline:
         self.plugins = self._plugin_versions()
 
     def _try_filter_models(self, missing: MissingAssets) -> None:
-        """The filter chain's models, tried now so that their missing weights join the one error:
-        each filter (its own model loads as it is made) and each model its parameters name
-        (`embedder`, `pose`: loaded only when it judges). The filters are made again when they run."""
-        for name in self.config["filter"]["chain"]:
-            params = component_params(self.config, "filter", name)
-            with missing.need(f"filter {name!r}"):
-                self.context.create("filter", name, params)
-            for kind in ("embedder", "pose"):
-                if params.get(kind):
-                    with missing.need(f"filter.params.{name}.{kind}"):
-                        self.context.create(kind, params[kind], component_params(self.config, "models", params[kind]))
+        """The filter chain's models, tried now so that their missing weights join the one error;
+        the filters are made again when they run."""
+        build_filters(self.config["filter"]["chain"], self.config, self.registry, missing)
 
     def _plugin_versions(self) -> dict[str, str]:
         def owner(kind, name):

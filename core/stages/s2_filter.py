@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from synfiqa.config import component_params
+from synfiqa.context import RunContext
 from synfiqa.errors import BadInputError
 from synfiqa.faces import detect_and_align
 from synfiqa.filtering import FaceSubject, Filter, Verdict
 from synfiqa.generation import Identity
 from synfiqa.store import RecordSet, write_text_atomic
+from synfiqa.weights import MissingAssets
 
 
 def face_subject(identity: Identity, detector, size: int = 112) -> FaceSubject:
@@ -47,8 +49,28 @@ def face_subject(identity: Identity, detector, size: int = 112) -> FaceSubject:
     return subject
 
 
-def build_filters(names: list[str], config: dict, registry) -> list[tuple[str, Filter]]:
-    return [(name, registry.create("filter", name, **component_params(config, "filter", name))) for name in names]
+def build_filters(names: list[str], config: dict, registry, missing: MissingAssets | None = None
+                  ) -> list[tuple[str, Filter]]:
+    """The chain's filters. With `missing`, a filter whose weights are missing is noted there
+    instead of stopping the run, and so are the models its parameters name (`embedder`, `pose`:
+    loaded only when it judges), so that one error names every missing asset."""
+    if missing is None:
+        return [(name, registry.create("filter", name, **component_params(config, "filter", name))) for name in names]
+    filters = []
+    for name in names:
+        params = component_params(config, "filter", name)
+        with missing.need(f"filter {name!r}"):
+            filters.append((name, registry.create("filter", name, **params)))
+        settings = {**registry.get("filter", name).defaults, **params}
+        for kind in ("embedder", "pose"):
+            if kind not in settings:
+                continue
+            # an empty name is the run's model of that kind (models.pose, models.embedder)
+            model = settings[kind] or RunContext(config, registry).model_name(kind)
+            where = f"filter.params.{name}.{kind}" if settings[kind] else f"filter {name!r} through models.{kind}"
+            with missing.need(where):
+                registry.create(kind, model, **component_params(config, "models", model))
+    return filters
 
 
 def run_filters(filters: list[tuple[str, Filter]], identities: list[Identity], context,
