@@ -57,18 +57,6 @@ def registry_session():
     return Registry()
 
 
-@pytest.fixture
-def one_torch_thread():
-    """For tests of small per-image work: a second torch thread only contends with the rest
-    of a shared 2-core machine there."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """For modules of tiny networks: on a shared 2-core machine two OpenMP threads are about
